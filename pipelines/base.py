@@ -1,0 +1,131 @@
+"""The pipeline contract: what every module in `pipelines/` declares.
+
+A pipeline module defines three names:
+
+- `Info`: a `PipelineInfo` subclass whose field defaults say what the pipeline is.
+- `InputParams`: a `ParamsModel` subclass, one field per control. Bounds are enforced by pydantic on
+  the server; the JSON schema also carries the widget hints the web page reads (`field`, `id`,
+  `min`, `max`, `step`, `hide`, `values`).
+- `Pipeline`: built as `Pipeline(config, device, dtype)`, with `predict(params, image) -> image`.
+
+The field helpers below keep the enforced bound and the widget hint in one place, so they can
+never disagree.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+MAX_PROMPT_CHARS = 1000
+MAX_SEED = 2**32 - 1
+
+
+class PipelineInfo(BaseModel):
+    """What a pipeline is. Subclasses set the defaults; the schema is sent to the page as is."""
+
+    name: str
+    title: str
+    description: str = ""
+    input_mode: Literal["image", "text"] = "image"
+    page_content: str = ""
+
+
+def _add_widget_ids(schema: dict[str, Any]) -> None:
+    # The anchor's page looks widgets up by `id`, which is always the field name.
+    for name, prop in schema.get("properties", {}).items():
+        prop.setdefault("id", name)
+
+
+class ParamsModel(BaseModel):
+    """Base of every `InputParams`: unknown keys and out-of-range values are errors, never clamped."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_add_widget_ids)
+
+
+def prompt_field(default: str, title: str = "Prompt", *, hide: bool = False, max_chars: int = MAX_PROMPT_CHARS) -> Any:
+    return Field(
+        default,
+        title=title,
+        max_length=max_chars,
+        json_schema_extra={"field": "textarea", "hide": hide, "max_length": max_chars},
+    )
+
+
+def range_field(
+    default: float,
+    ge: float,
+    le: float,
+    step: float,
+    title: str,
+    *,
+    hide: bool = False,
+    description: str | None = None,
+) -> Any:
+    return Field(
+        default,
+        ge=ge,
+        le=le,
+        title=title,
+        description=description,
+        json_schema_extra={"field": "range", "min": ge, "max": le, "step": step, "hide": hide},
+    )
+
+
+def seed_field(default: int, *, hide: bool = False) -> Any:
+    return Field(
+        default,
+        ge=0,
+        le=MAX_SEED,
+        title="Seed",
+        json_schema_extra={"field": "seed", "min": 0, "max": MAX_SEED, "step": 1, "hide": hide},
+    )
+
+
+def size_field(default: int, title: str, *, ge: int = 256, le: int = 1024) -> Any:
+    """Width or height in pixels: a multiple of 8 (the VAE's scale factor) within [ge, le]."""
+    return Field(
+        default,
+        ge=ge,
+        le=le,
+        multiple_of=8,
+        title=title,
+        json_schema_extra={"field": "range", "min": ge, "max": le, "step": 8, "hide": True},
+    )
+
+
+def checkbox_field(default: bool, title: str, *, hide: bool = False) -> Any:
+    return Field(default, title=title, json_schema_extra={"field": "checkbox", "hide": hide})
+
+
+def select_field(default: str, values: list[str], title: str, *, hide: bool = False) -> Any:
+    # Pair with a `Literal[...]` annotation so the server enforces the choice.
+    return Field(default, title=title, json_schema_extra={"field": "select", "values": values, "hide": hide})
+
+
+class Pipeline(Protocol):
+    """What the server needs from a pipeline's `Pipeline` class."""
+
+    InputParams: ClassVar[type[ParamsModel]]
+
+    def __init__(self, config: Any, device: torch.device, dtype: torch.dtype) -> None: ...
+
+    def predict(self, params: ParamsModel, image: Image.Image | None) -> Image.Image: ...
+
+
+class ModelOptions(BaseModel):
+    """How a pipeline loads and runs its models: the part of the server's configuration pipelines read."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_id: str = Field("", description="Hub id, local diffusers folder or single-file checkpoint; empty: the pipeline's default")
+    tiny: bool = Field(False, description="Miniature random models built in code: no download, output is noise")
+    taesd: bool = Field(True, description="Tiny autoencoder (TAESD) instead of the full VAE")
+    compel: bool = Field(True, description="compel prompt weighting, e.g. 'a (red)++ cat'")
+    torch_compile: bool = Field(False, description="torch.compile the UNet and VAE at start-up")
+    safety_checker: bool = Field(False, description="Blank out images the safety checker flags")

@@ -1,0 +1,80 @@
+"""The one typed configuration: CLI flags and LIVE_DIFFUSION_* environment variables (flags win)."""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from pipelines.base import ModelOptions
+
+ENV_PREFIX = "LIVE_DIFFUSION_"
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_prog_name="python server/main.py",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        frozen=True,
+    )
+
+    # what to serve
+    pipeline: str = Field("img2img", description="Pipeline module in pipelines/ (see --list-pipelines)")
+    list_pipelines: bool = Field(False, description="Print the available pipelines and exit")
+    model_id: str = Field(
+        "", description="Model override: hub id, local diffusers folder or single-file .safetensors checkpoint"
+    )
+    tiny: bool = Field(False, description="Miniature random models built in code: no GPU or hub needed, output is noise")
+
+    # where and how it runs
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for the LAN)")
+    port: int = Field(7860, ge=0, le=65535, description="Port to listen on")
+    device: Literal["auto", "cuda", "mps", "xpu", "cpu"] = Field("auto", description="auto: cuda, mps, xpu, else cpu")
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="auto: float16 on GPU, bfloat16 on CPUs that support it, else float32"
+    )
+    taesd: bool = Field(True, description="Tiny autoencoder (TAESD) instead of the full VAE: much faster")
+    compel: bool = Field(True, description="compel prompt weighting, e.g. 'a (red)++ cat'")
+    torch_compile: bool = Field(False, description="torch.compile the UNet and VAE (slow start, faster frames)")
+    safety_checker: bool = Field(False, description="Blank out frames the safety checker flags as NSFW")
+
+    # users and sessions
+    max_users: int = Field(0, ge=0, description="Users streaming at once; 0: no limit")
+    idle_timeout: float = Field(120.0, ge=0, description="Seconds without a message before a session ends; 0: never")
+    max_session_length: float = Field(0.0, ge=0, description="Seconds a session may last; 0: no limit")
+
+    # frames
+    jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of the output JPEG frames")
+    max_frame_bytes: int = Field(4_000_000, ge=1024, description="Largest input frame accepted, in bytes")
+    max_frame_pixels: int = Field(4_194_304, ge=4096, description="Largest input frame accepted, in pixels (w*h)")
+
+    # TLS: browsers only give cameras to https pages (or localhost)
+    ssl_certfile: str = Field("", description="TLS certificate file (PEM) to serve https")
+    ssl_keyfile: str = Field("", description="TLS private key file (PEM) for --ssl-certfile")
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
+
+    @model_validator(mode="after")
+    def _tls_needs_both(self) -> Config:
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        return self
+
+    def model_options(self) -> ModelOptions:
+        """The part of the configuration that pipelines read."""
+        return ModelOptions(
+            model_id=self.model_id,
+            tiny=self.tiny,
+            taesd=self.taesd,
+            compel=self.compel,
+            torch_compile=self.torch_compile,
+            safety_checker=self.safety_checker,
+        )
+
+
+def parse(argv: Sequence[str]) -> Config:
+    """Config from command-line arguments and the environment; --help prints every option."""
+    return CliApp.run(Config, cli_args=list(argv))

@@ -1,0 +1,136 @@
+"""Start the server: python server/main.py --pipeline img2img [--tiny] [--help]
+
+The model loads once, here, before the port opens; uvicorn is given the app object (never an import
+string, which would import this module and load the model a second time).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # `python server/main.py` from any working directory
+    sys.path.insert(0, str(REPO_ROOT))
+
+import uvicorn  # noqa: E402
+
+from server.config import Config, parse  # noqa: E402
+
+log = logging.getLogger("live_diffusion")
+
+
+class Server(uvicorn.Server):
+    """uvicorn, plus: say where to connect once listening, and end open streams at once on Ctrl-C
+    (uvicorn would otherwise wait for every MJPEG response to finish)."""
+
+    def __init__(self, config: uvicorn.Config, live: Any, scheme: str) -> None:
+        super().__init__(config)
+        self.live = live
+        self.scheme = scheme
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            host = self.config.host
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+            log.info("Open %s://%s:%d", self.scheme, shown, port)
+            if host in ("0.0.0.0", "::"):
+                log.info("Listening on all interfaces: other machines use this machine's address, port %d", port)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.live.begin_shutdown()
+        super().handle_exit(sig, frame)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
+
+
+def load_pipeline(config: Config) -> tuple[Any, Any, str, str]:
+    """Import the pipeline module, build it, warm it up. Returns (module, pipeline, device, dtype)."""
+    import pipelines
+    from pipelines.common import resolve_device, resolve_dtype
+
+    module = pipelines.load_module(config.pipeline)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    model = "miniature random models (--tiny)" if config.tiny else (config.model_id or module.MODEL_ID)
+    log.info("Loading pipeline %r: %s on %s, %s", config.pipeline, model, device, str(dtype).removeprefix("torch."))
+    started = time.perf_counter()
+    pipeline = module.Pipeline(config.model_options(), device, dtype)
+    loaded = time.perf_counter()
+    log.info("Model loaded in %.1f s; warming up", loaded - started)
+    _warm_up(module, pipeline)
+    log.info("Warm-up frame took %.2f s", time.perf_counter() - loaded)
+    return module, pipeline, str(device), str(dtype).removeprefix("torch.")
+
+
+def _warm_up(module: Any, pipeline: Any) -> None:
+    # One frame at the default size: compiles what needs compiling, and proves the model runs
+    # before the first user arrives.
+    from PIL import Image
+
+    params = module.InputParams()
+    size = (getattr(params, "width", 512), getattr(params, "height", 512))
+    image = Image.new("RGB", size, (127, 127, 127)) if module.Info().input_mode == "image" else None
+    pipeline.predict(params, image)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse(sys.argv[1:] if argv is None else argv)
+    setup_logging(config.log_level)
+
+    import pipelines
+    from pipelines.common import ModelUnavailable
+
+    if config.list_pipelines:
+        print("\n".join(pipelines.available()))
+        return 0
+    try:
+        module, pipeline, device, dtype = load_pipeline(config)
+    except pipelines.UnknownPipeline as error:
+        log.error("%s", error)
+        return 2
+    except ModelUnavailable as error:
+        log.error("%s", error)
+        return 1
+
+    from server.app import FRONTEND_BUILD, create_app
+
+    app = create_app(config, module, pipeline, device, dtype)
+    if not (FRONTEND_BUILD / "index.html").is_file():
+        log.warning("The web page is not built (%s missing): run ./build-run.sh, or "
+                    "npm --prefix frontend ci && npm --prefix frontend run build", FRONTEND_BUILD / "index.html")
+    tls = bool(config.ssl_certfile)
+    server = Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            ssl_certfile=config.ssl_certfile or None,
+            ssl_keyfile=config.ssl_keyfile or None,
+            ws_max_size=config.max_frame_bytes * 2,  # larger frames get a clear error, not a dropped socket
+            timeout_graceful_shutdown=1,
+            log_config=None,
+            log_level=config.log_level,
+        ),
+        app.state.live,
+        "https" if tls else "http",
+    )
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

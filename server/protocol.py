@@ -1,0 +1,272 @@
+"""The websocket conversation of one user (the Real-Time-LCM protocol; docs/protocol.md).
+
+Server -> client: {"status": "connected"}, "wait", "send_frame", "timeout", "error".
+Client -> server, in reply to send_frame: {"status": "next_frame"}, then the parameters as a JSON
+object, then (image pipelines) one binary JPEG; an empty binary message means "no frame yet".
+
+Every bad message gets {"status": "error", "message": ...} naming the problem, and the conversation
+goes on: the client is asked for a new frame. Only this client is affected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from pipelines.base import ParamsModel
+from server.config import Config
+from server.imaging import FrameError, decode_jpeg
+from server.sessions import AlreadyConnected, Frame, ServerFull, Session, SessionManager
+from server.worker import Result
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_MESSAGE_CHARS = 65_536
+EMPTY_FRAME_RETRY_S = 0.02  # the client has no camera frame yet: ask again shortly, not in a busy loop
+
+Expecting = Literal["status", "params", "image", "skip_image"]
+
+
+def request_frame_if_idle(sessions: SessionManager, session: Session) -> None:
+    """Ask the client for its next frame once nothing of it is waiting or being generated (ping-pong)."""
+    if session.streaming and not session.closed and not session.frame_requested and sessions.is_idle(session):
+        session.frame_requested = True
+        session.send({"status": "send_frame"})
+
+
+def deliver(sessions: SessionManager, session: Session, result: Result) -> None:
+    """A frame of this session has been generated (or failed): publish it and ask for the next."""
+    if session.closed:
+        return
+    if result.jpeg is not None:
+        session.stats.frames_out += 1
+        session.output.publish(result.jpeg)
+    else:
+        session.send_error(result.error or "Model error")
+    request_frame_if_idle(sessions, session)
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = ".".join(str(part) for part in item["loc"]) or "parameters"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown parameter {name!r}")
+        else:
+            problems.append(f"invalid parameter {name!r}: {item['msg']}")
+    return "; ".join(problems).capitalize()
+
+
+def parse_json(text: str) -> Any:
+    if len(text) > MAX_TEXT_MESSAGE_CHARS:
+        raise ValueError(f"Message is {len(text)} characters; the limit is {MAX_TEXT_MESSAGE_CHARS}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError("Message is not valid JSON") from None
+
+
+class Conversation:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        sessions: SessionManager,
+        params_type: type[ParamsModel],
+        input_mode: str,
+        config: Config,
+    ) -> None:
+        self.ws = websocket
+        self.sessions = sessions
+        self.params_type = params_type
+        self.input_mode = input_mode
+        self.config = config
+        self.expecting: Expecting = "status"
+        self.params: ParamsModel | None = None  # validated, waiting for its image
+
+    async def run(self, user_id: str) -> None:
+        await self.ws.accept()
+        session = await self._open(user_id)
+        if session is None:
+            return
+        log.info("session %s: connected (%d users)", session.short_id, len(self.sessions))
+        session.send({"status": "connected", "message": "Connected"})
+        session.send({"status": "wait"})
+        reader = asyncio.create_task(self._read(session))
+        writer = asyncio.create_task(self._write(session))
+        try:
+            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                await self._flush(session, writer)
+            else:
+                reader.cancel()
+        finally:
+            reader.cancel()
+            writer.cancel()
+            self.sessions.close(session)
+            await self._close_socket()
+            log.info(
+                "session %s: closed after %.0f s, %d frames in, %d out, %d dropped (%d users)",
+                session.short_id, time.monotonic() - session.created_at, session.stats.frames_in,
+                session.stats.frames_out, session.stats.frames_dropped, len(self.sessions),
+            )
+
+    async def _open(self, user_id: str) -> Session | None:
+        refusal = None
+        try:
+            uuid.UUID(user_id)
+            return self.sessions.open(user_id, self.params_type())
+        except ValueError:
+            refusal = f"Invalid user id {user_id[:64]!r}: expected a UUID"
+        except ServerFull:
+            refusal = "Server is full"
+        except AlreadyConnected:
+            refusal = "This user id is already connected; open a new session with a new id"
+        log.info("refused a connection: %s", refusal)
+        await self.ws.send_text(json.dumps({"status": "error", "message": refusal}))
+        await self._close_socket()
+        return None
+
+    async def _flush(self, session: Session, writer: asyncio.Task[None]) -> None:
+        """Let the writer send what is queued (a timeout message, say), then stop it."""
+        try:
+            session.outbox.put_nowait(None)
+            await asyncio.wait_for(writer, 2.0)
+        except (asyncio.QueueFull, asyncio.TimeoutError, Exception):
+            writer.cancel()
+
+    async def _close_socket(self) -> None:
+        try:
+            await self.ws.close()
+        except Exception:  # already closed by the client or the server
+            pass
+
+    async def _write(self, session: Session) -> None:
+        while (message := await session.outbox.get()) is not None:
+            await self.ws.send_text(json.dumps(message))
+
+    def _time_left(self, session: Session) -> tuple[float | None, str]:
+        now = time.monotonic()
+        limits = []
+        if self.config.idle_timeout:
+            limits.append((
+                session.last_message_at + self.config.idle_timeout - now,
+                f"Session timed out: no message for {self.config.idle_timeout:g} s",
+            ))
+        if self.config.max_session_length:
+            limits.append((
+                session.created_at + self.config.max_session_length - now,
+                f"Session ended: the limit is {self.config.max_session_length:g} s a session",
+            ))
+        if not limits:
+            return None, ""
+        return min(limits)
+
+    async def _read(self, session: Session) -> None:
+        while not session.closed:
+            time_left, reason = self._time_left(session)
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), max(time_left, 0) if time_left is not None else None)
+            except asyncio.TimeoutError:
+                log.info("session %s: %s", session.short_id, reason)
+                session.send({"status": "timeout", "message": reason})
+                return
+            except (WebSocketDisconnect, RuntimeError):
+                return
+            if message["type"] == "websocket.disconnect":
+                return
+            session.last_message_at = time.monotonic()
+            if message.get("bytes") is not None:
+                await self._on_binary(session, message["bytes"])
+            else:
+                self._on_text(session, message.get("text") or "")
+
+    def _refuse(self, session: Session, problem: str, *, skip_image: bool = False) -> None:
+        log.info("session %s: %s", session.short_id, problem)
+        session.send_error(problem)
+        self.params = None
+        self.expecting = "skip_image" if skip_image and self.input_mode == "image" else "status"
+        session.frame_requested = False
+        request_frame_if_idle(self.sessions, session)
+
+    def _on_text(self, session: Session, text: str) -> None:
+        if self.expecting == "params":
+            self._on_params(session, text)
+            return
+        if self.expecting == "image":
+            self._refuse(session, "Expected a binary JPEG frame after the parameters; got a text message")
+        self.expecting = "status"
+        try:
+            message = parse_json(text)
+        except ValueError as error:
+            self._refuse(session, str(error))
+            return
+        if not isinstance(message, dict) or "status" not in message:
+            self._refuse(session, "Expected a JSON object with a 'status' key")
+        elif message["status"] == "next_frame":
+            self.expecting = "params"
+        else:
+            self._refuse(session, f"Unknown status {str(message['status'])[:64]!r}")
+
+    def _on_params(self, session: Session, text: str) -> None:
+        try:
+            values = parse_json(text)
+        except ValueError as error:
+            self._refuse(session, str(error), skip_image=True)
+            return
+        if not isinstance(values, dict):
+            self._refuse(session, "Parameters must be a JSON object", skip_image=True)
+            return
+        try:
+            params = self.params_type.model_validate({**session.params.model_dump(), **values})
+        except ValidationError as error:
+            self._refuse(session, describe_validation_error(error), skip_image=True)
+            return
+        if self.input_mode == "image":
+            self.params = params
+            self.expecting = "image"
+        else:
+            self._accept(session, Frame(params, None))
+
+    async def _on_binary(self, session: Session, data: bytes) -> None:
+        expecting, self.expecting = self.expecting, "status"
+        if expecting == "skip_image":
+            return
+        if expecting != "image" or self.params is None:
+            self._refuse(session, "Expected a JSON text message; got binary data")
+            return
+        params, self.params = self.params, None
+        if not data:  # the client has no frame yet
+            session.frame_requested = False
+            await asyncio.sleep(EMPTY_FRAME_RETRY_S)
+            request_frame_if_idle(self.sessions, session)
+            return
+        try:
+            image = await asyncio.to_thread(
+                decode_jpeg, data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels
+            )
+        except FrameError as error:
+            self._refuse(session, str(error))
+            return
+        self._accept(session, Frame(params, image))
+
+    def _accept(self, session: Session, frame: Frame) -> None:
+        if frame.params != session.params:
+            changed = {
+                name: value for name, value in frame.params.model_dump().items() if getattr(session.params, name) != value
+            }
+            log.debug("session %s: params changed: %s", session.short_id, _short(changed))
+            session.params = frame.params
+        session.frame_requested = False
+        self.sessions.offer(session, frame)
+        session.send({"status": "wait"})
+
+
+def _short(values: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={str(value)[:80]!r}" for name, value in values.items())
