@@ -124,6 +124,9 @@ class ModelOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     model_id: str = Field("", description="Hub id, local diffusers folder or single-file checkpoint; empty: the pipeline's default")
+    model_config_id: str = Field(
+        "", description="For a single-file checkpoint: hub id or diffusers folder with its configs; empty: diffusers' guess"
+    )
     tiny: bool = Field(False, description="Miniature random models built in code: no download, output is noise")
     taesd: bool = Field(True, description="Tiny autoencoder (TAESD) instead of the full VAE")
     compel: bool = Field(True, description="compel prompt weighting, e.g. 'a (red)++ cat'")

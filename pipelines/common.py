@@ -88,12 +88,15 @@ def ensure_hub_model(model_id: str) -> None:
         raise _hub_unavailable(model_id, f"hub unreachable: {type(error).__name__}") from None
 
 
-def load_pipeline(cls: Any, model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
-    """Load a diffusers pipeline from a hub id, a local diffusers folder or a single-file checkpoint."""
+def load_pipeline(cls: Any, model_id: str, dtype: torch.dtype, config_id: str = "", **kwargs: Any) -> Any:
+    """Load a diffusers pipeline from a hub id, a local diffusers folder or a single-file checkpoint
+    (whose configs come from `config_id`, or from the hub repo diffusers guesses from its keys)."""
     path = Path(model_id).expanduser()
     if path.is_file() and path.suffix in SINGLE_FILE_SUFFIXES:
         log.info("Loading single-file checkpoint %s", path)
-        return cls.from_single_file(str(path), torch_dtype=dtype, **kwargs)
+        if config_id and not Path(config_id).expanduser().is_dir():
+            ensure_hub_model(config_id)
+        return cls.from_single_file(str(path), torch_dtype=dtype, config=config_id or None, **kwargs)
     if path.is_dir():
         log.info("Loading diffusers folder %s", path)
         return cls.from_pretrained(str(path), torch_dtype=dtype, **kwargs)
@@ -118,7 +121,13 @@ def swap_in_taesd(pipe: Any, options: ModelOptions, repo: str, build_tiny: Calla
     """Replace the full VAE by TAESD: about 10x cheaper to encode and decode, near the same look."""
     if not options.taesd:
         return
-    pipe.vae = build_tiny() if options.tiny else load_model(_autoencoder_tiny(), repo, pipe.unet.dtype)
+    dtype = pipe.unet.dtype
+    pipe.vae = _cast(build_tiny(), dtype) if options.tiny else load_model(_autoencoder_tiny(), repo, dtype)
+
+
+def _cast(model: Any, dtype: torch.dtype) -> Any:
+    # What from_pretrained(torch_dtype=...) does for loaded models; diffusers' own .to() warns about it.
+    return torch.nn.Module.to(model, dtype=dtype)
 
 
 def _autoencoder_tiny() -> Any:
@@ -129,7 +138,7 @@ def _autoencoder_tiny() -> Any:
 
 def optimize(pipe: Any, options: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
     """Move to the device in the run dtype, channels_last, and torch.compile when asked."""
-    pipe.to(device=device, dtype=dtype)
+    pipe.to(device=device)  # already in `dtype`: loaded or built in it
     pipe.set_progress_bar_config(disable=True)
     if device.type != "mps":  # channels_last is slower on MPS
         pipe.unet.to(memory_format=torch.channels_last)
@@ -218,7 +227,7 @@ def crop_to_fill(image: Image.Image, width: int, height: int) -> Image.Image:
 
 def image_to_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """PIL RGB -> 1x3xHxW in [-1, 1], channels_last."""
-    array = np.asarray(image.convert("RGB"))
+    array = np.array(image.convert("RGB"))  # a writable copy: torch refuses to wrap read-only memory
     tensor = torch.from_numpy(array).to(device).permute(2, 0, 1).unsqueeze(0)
     tensor = tensor.to(dtype=dtype).div_(127.5).sub_(1.0)
     return tensor.contiguous(memory_format=torch.channels_last)
@@ -325,7 +334,13 @@ def img2img(
 
 
 # The noise schedule every Stable Diffusion 1.x/2.x/XL model was trained with (their scheduler configs).
-SD_BETAS = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+SD_BETAS = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,
+}
 
 
 def build_pipeline(
@@ -338,5 +353,9 @@ def build_pipeline(
 ) -> Any:
     """The diffusers pipeline `cls` from --model-id (or the default model), or from miniature components."""
     if options.tiny:
-        return cls(**tiny_components(), **kwargs)
-    return load_pipeline(cls, options.model_id or default_model_id, dtype, **kwargs)
+        components = {
+            name: _cast(component, dtype) if isinstance(component, torch.nn.Module) else component
+            for name, component in tiny_components().items()
+        }
+        return cls(**components, **kwargs)
+    return load_pipeline(cls, options.model_id or default_model_id, dtype, options.model_config_id, **kwargs)

@@ -18,6 +18,7 @@ class Config(BaseSettings):
         cli_prog_name="python server/main.py",
         cli_kebab_case=True,
         cli_implicit_flags=True,
+        cli_show_env_vars=True,
         frozen=True,
     )
 
@@ -26,6 +27,9 @@ class Config(BaseSettings):
     list_pipelines: bool = Field(False, description="Print the available pipelines and exit")
     model_id: str = Field(
         "", description="Model override: hub id, local diffusers folder or single-file .safetensors checkpoint"
+    )
+    model_config_id: str = Field(
+        "", description="For a single-file --model-id: hub id or diffusers folder holding its configs; empty: guessed from the file"
     )
     tiny: bool = Field(False, description="Miniature random models built in code: no GPU or hub needed, output is noise")
 
@@ -67,6 +71,7 @@ class Config(BaseSettings):
         """The part of the configuration that pipelines read."""
         return ModelOptions(
             model_id=self.model_id,
+            model_config_id=self.model_config_id,
             tiny=self.tiny,
             taesd=self.taesd,
             compel=self.compel,

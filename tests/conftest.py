@@ -1,0 +1,18 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests run offline, as on the project's machines: a missing model fails at once instead of retrying.
+os.environ["HF_HUB_OFFLINE"] = "1"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.live import run_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def img2img_server():
+    """The real server with --tiny img2img, shared by the tests of one module."""
+    with run_server("--tiny", "--pipeline", "img2img", "--log-level", "debug") as server:
+        yield server

@@ -1,0 +1,428 @@
+"""The real server on loopback, driven by real websocket and HTTP clients speaking the anchor's protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+import uuid
+
+import httpx
+import numpy as np
+import psutil
+import pytest
+import simplejpeg
+import websockets
+
+from tests.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+
+ECHO = ("--pipeline", "bench.echo_pipeline")
+SMALL = {"width": 256, "height": 256}
+
+
+@pytest.fixture(scope="module")
+def echo_server():
+    """The stand-in model (returns its input) behind the real server, with small frame caps."""
+    with run_server(*ECHO, "--max-frame-bytes", "200000", "--max-frame-pixels", "100000", "--idle-timeout", "30") as server:
+        yield server
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_anchor_client_receives_frames_of_the_requested_size(img2img_server):
+    async def scenario():
+        client = Client(img2img_server)
+        assert await client.connect() == {"status": "connected", "message": "Connected"}
+        assert await client.recv() == {"status": "wait"}
+        async with httpx.AsyncClient(timeout=60) as http:
+            stream = mjpeg_frames(img2img_server, client.user_id, http)
+            pump = asyncio.create_task(client.pump({"prompt": "a cat", "width": 320, "height": 256}))
+            frames = await take(stream, 3)
+            pump.cancel()
+        await client.close()
+        for frame in frames:
+            pixels = simplejpeg.decode_jpeg(frame)
+            assert pixels.shape == (256, 320, 3)
+        assert client.messages == []  # no errors
+
+    run(scenario())
+
+
+def test_two_users_each_get_their_own_frames(img2img_server):
+    async def scenario():
+        first, second = Client(img2img_server), Client(img2img_server)
+        await first.connect()
+        await second.connect()
+        async with httpx.AsyncClient(timeout=60) as http:
+            pumps = [
+                asyncio.create_task(first.pump({"prompt": "a cat", **SMALL})),
+                asyncio.create_task(second.pump({"prompt": "a dog", "width": 320, "height": 256})),
+            ]
+            first_frames, second_frames = await asyncio.gather(
+                take(mjpeg_frames(img2img_server, first.user_id, http), 3),
+                take(mjpeg_frames(img2img_server, second.user_id, http), 3),
+            )
+            for pump in pumps:
+                pump.cancel()
+        assert {jpeg_size(f) for f in first_frames} == {(256, 256)}
+        assert {jpeg_size(f) for f in second_frames} == {(320, 256)}
+        await first.close()
+        await second.close()
+
+    run(scenario())
+
+
+def test_params_reach_the_server(img2img_server):
+    async def scenario():
+        client = Client(img2img_server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=60) as http:
+            pump = asyncio.create_task(client.pump({"prompt": "a lighthouse at dusk", "strength": 0.7, **SMALL}))
+            await take(mjpeg_frames(img2img_server, client.user_id, http), 1)
+            pump.cancel()
+        await client.close()
+        line = img2img_server.wait_for_log(f"session {client.user_id[:8]}: params changed")
+        assert "a lighthouse at dusk" in line and "strength=" in line
+
+    run(scenario())
+
+
+BAD_INPUTS = [
+    # (what the client does after next_frame, words the error must contain)
+    ("not a jpeg", [{"prompt": "x"}, b"hello, not an image"], "not a JPEG"),
+    ("png bytes", [{"prompt": "x"}, b"\x89PNG\r\n\x1a\n" + b"\0" * 100], "not a JPEG"),
+    ("truncated jpeg", [{"prompt": "x"}, camera_jpeg(1)[:600]], "JPEG"),
+    ("over the byte cap", [{}, b"\xff\xd8\xff" + b"\0" * 250_000], "limit is 200000"),
+    ("over the pixel cap", [{}, camera_jpeg(2, width=400, height=300)], "limit is 100000 pixels"),
+    ("out of range", [{"width": 4096}, camera_jpeg(3)], "width"),
+    ("not a multiple of 8", [{"height": 300}, camera_jpeg(3)], "height"),
+    ("negative delay", [{"delay_ms": -5}, camera_jpeg(3)], "delay_ms"),
+    ("wrong type", [{"width": "big"}, camera_jpeg(3)], "width"),
+    ("unknown parameter", [{"colour": "red"}, camera_jpeg(3)], "colour"),
+    ("prompt too long", [{"prompt": "x" * 1001}, camera_jpeg(3)], "prompt"),
+    ("params not an object", ["[1, 2, 3]", camera_jpeg(3)], "JSON object"),
+    ("params not json", ["{oops", camera_jpeg(3)], "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("name, messages, expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_gets_an_error_and_nothing_else_breaks(echo_server, name, messages, expected):
+    async def scenario():
+        good, bad = Client(echo_server), Client(echo_server)
+        await good.connect()
+        await bad.connect()
+        async with httpx.AsyncClient(timeout=60) as http:
+            good_stream = mjpeg_frames(echo_server, good.user_id, http)
+            bad_frame = asyncio.create_task(take(mjpeg_frames(echo_server, bad.user_id, http), 1))
+            good_pump = asyncio.create_task(good.pump(SMALL))
+            await take(good_stream, 2)
+
+            await bad.recv_until("send_frame")
+            await bad.ws.send(json.dumps({"status": "next_frame"}))
+            for message in messages:
+                await bad.ws.send(json.dumps(message) if isinstance(message, (dict, list)) else message)
+            error = await bad.recv_until("error")
+            assert expected in error["message"], error
+
+            # The bad client is asked again and streams normally; the good one never stopped.
+            bad_pump = asyncio.create_task(bad.pump(SMALL))
+            assert jpeg_size((await bad_frame)[0]) == (256, 256)
+            assert len(await take(good_stream, 2)) == 2
+            good_pump.cancel()
+            bad_pump.cancel()
+        assert bad.messages == [error], bad.messages  # exactly one error for one mistake
+        assert good.messages == []
+        await good.close()
+        await bad.close()
+        echo_server.wait_for_users(0)
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        (json.dumps({"status": "dance"}), "Unknown status 'dance'"),
+        (json.dumps({"hello": 1}), "'status' key"),
+        (b"\xff\xd8\xff binary where JSON is expected", "got binary data"),
+        ("x" * 70_000, "limit is 65536"),
+    ],
+    ids=["unknown status", "no status", "binary instead of json", "huge text"],
+)
+def test_bad_control_message_gets_an_error(echo_server, message, expected):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        await client.ws.send(message)
+        error = await client.recv_until("error")
+        assert expected in error["message"]
+        async with httpx.AsyncClient(timeout=60) as http:
+            frame = asyncio.create_task(take(mjpeg_frames(echo_server, client.user_id, http), 1))
+            pump = asyncio.create_task(client.pump(SMALL))
+            assert len(await frame) == 1
+            pump.cancel()
+        await client.close()
+
+    run(scenario())
+
+
+def test_model_error_reaches_the_client_and_the_next_frame_works(echo_server):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=60) as http:
+            stream = mjpeg_frames(echo_server, client.user_id, http)
+            first = asyncio.create_task(take(stream, 1))
+            await client.recv_until("send_frame")
+            await client.send_frame({"fail": True, **SMALL}, camera_jpeg(0))
+            error = await client.recv_until("error")
+            assert error["message"] == "Model error: RuntimeError: stand-in model failure"
+            pump = asyncio.create_task(client.pump({"fail": False, **SMALL}))
+            assert jpeg_size((await first)[0]) == (256, 256)
+            pump.cancel()
+        await client.close()
+
+    run(scenario())
+
+
+def test_burst_of_frames_keeps_the_latest_and_memory_bounded(echo_server):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        process = psutil.Process(echo_server.proc.pid)
+        frame = camera_jpeg(7, width=320, height=300, quality=95)
+        async with httpx.AsyncClient(timeout=60) as http:
+            stream = mjpeg_frames(echo_server, client.user_id, http)
+            first = asyncio.create_task(take(stream, 1))
+            await client.recv_until("send_frame")
+            rss_before = process.memory_info().rss
+            for _ in range(300):  # never waiting for send_frame, with a slow model
+                await client.send_frame({"delay_ms": 200, **SMALL}, frame)
+            await first
+        rss_after = process.memory_info().rss
+        await client.ws.send(json.dumps({"status": "next_frame"}))  # still a working conversation
+        await client.close()
+        echo_server.wait_for_users(0)
+        line = echo_server.wait_for_log(f"session {client.user_id[:8]}: closed")
+        frames_in, dropped = int(line.split(" frames in")[0].split()[-1]), int(line.split(" dropped")[0].split()[-1])
+        assert frames_in == 300 and dropped >= 290, line  # the slot kept the latest, not a backlog
+        assert rss_after - rss_before < 50 * 2**20, (rss_before, rss_after)
+        assert [m for m in client.messages if m["status"] == "error"] == []
+
+    run(scenario())
+
+
+def test_closing_the_socket_ends_the_stream_and_frees_the_session(echo_server):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        echo_server.wait_for_users(1)
+        async with httpx.AsyncClient(timeout=30) as http:
+            stream = mjpeg_frames(echo_server, client.user_id, http)
+            pump = asyncio.create_task(client.pump(SMALL))
+            await take(stream, 1)
+            pump.cancel()
+            await client.close()
+            rest = await asyncio.wait_for(take(stream, 1000), 10)  # the response ends: no hanging
+            assert len(rest) < 1000
+            echo_server.wait_for_users(0)
+            assert (await http.get(f"{echo_server.http}/api/stream/{client.user_id}")).status_code == 404
+
+    run(scenario())
+
+
+def test_unknown_stream_is_404(echo_server):
+    response = httpx.get(f"{echo_server.http}/api/stream/{uuid.uuid4()}")
+    assert response.status_code == 404
+    assert "websocket" in response.json()["detail"]
+
+
+def test_second_socket_with_the_same_id_is_refused(echo_server):
+    async def scenario():
+        first = Client(echo_server)
+        await first.connect()
+        intruder = Client(echo_server, first.user_id)
+        refusal = await intruder.connect()
+        assert refusal["status"] == "error" and "already connected" in refusal["message"]
+        with pytest.raises(websockets.ConnectionClosed):
+            await intruder.recv(5)
+        async with httpx.AsyncClient(timeout=30) as http:  # the first still streams
+            pump = asyncio.create_task(first.pump(SMALL))
+            assert len(await take(mjpeg_frames(echo_server, first.user_id, http), 1)) == 1
+            pump.cancel()
+        await first.close()
+
+    run(scenario())
+
+
+def test_invalid_user_id_is_refused(echo_server):
+    async def scenario():
+        client = Client(echo_server, "not-a-uuid")
+        refusal = await client.connect()
+        assert refusal == {"status": "error", "message": "Invalid user id 'not-a-uuid': expected a UUID"}
+
+    run(scenario())
+
+
+def test_newer_stream_replaces_the_older_one(echo_server):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=30) as http:
+            old = mjpeg_frames(echo_server, client.user_id, http)
+            pump = asyncio.create_task(client.pump({"delay_ms": 50, **SMALL}))
+            await take(old, 2)
+            new = mjpeg_frames(echo_server, client.user_id, http)
+            new_frames = await take(new, 3)
+            rest_of_old = await asyncio.wait_for(take(old, 1000), 10)
+            pump.cancel()
+        assert len(new_frames) == 3
+        assert len(rest_of_old) <= 1  # at most a frame already on its way; then the old response ends
+        await client.close()
+
+    run(scenario())
+
+
+def test_event_loop_answers_while_a_frame_is_generated(echo_server):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=30) as http:
+            stream = asyncio.create_task(take(mjpeg_frames(echo_server, client.user_id, http), 1))
+            await client.recv_until("send_frame")
+            await client.send_frame({"delay_ms": 3000, **SMALL}, camera_jpeg(0))
+            await client.recv_until("wait")
+            await asyncio.sleep(0.3)  # the worker is now inside the 3 s model call
+            settings = await http.get(f"{echo_server.http}/api/settings")
+            queue = await http.get(f"{echo_server.http}/api/queue")
+            answered_before_frame = not stream.done()
+            await stream
+        assert settings.status_code == 200 and queue.json()["queue_size"] >= 1
+        assert answered_before_frame
+        await client.close()
+
+    run(scenario())
+
+
+def test_ping_pong_keeps_one_frame_in_flight(echo_server):
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=30) as http:
+            stream = mjpeg_frames(echo_server, client.user_id, http)
+            frame_task = asyncio.create_task(take(stream, 1))
+            assert (await client.recv_until("send_frame"))["status"] == "send_frame"
+            await client.send_frame({"delay_ms": 500, **SMALL}, camera_jpeg(0))
+            assert await client.recv() == {"status": "wait"}
+            with pytest.raises(asyncio.TimeoutError):  # no new request while the frame is generated
+                await client.recv(timeout=0.3)
+            await frame_task
+            assert await client.recv() == {"status": "send_frame"}
+        await client.close()
+
+    run(scenario())
+
+
+def test_settings_queue_and_health(echo_server):
+    settings = httpx.get(f"{echo_server.http}/api/settings").json()
+    assert settings["info"]["properties"]["input_mode"]["default"] == "image"
+    assert settings["input_params"]["properties"]["delay_ms"]["field"] == "range"
+    assert settings["max_queue_size"] == 0
+    assert "<p>" in settings["page_content"] or settings["page_content"] == ""
+    assert httpx.get(f"{echo_server.http}/api/queue").json() == {"queue_size": 0}
+    health = httpx.get(f"{echo_server.http}/api/health").json()
+    assert health["status"] == "ok" and health["model_loaded"] and health["pipeline"] == "echo"
+
+
+def test_limits_server_full_and_idle_timeout():
+    with run_server(*ECHO, "--max-users", "1", "--idle-timeout", "1.5") as server:
+
+        async def scenario():
+            first = Client(server)
+            await first.connect()
+            second = Client(server)
+            assert await second.connect() == {"status": "error", "message": "Server is full"}
+            with pytest.raises(websockets.ConnectionClosed):
+                await second.recv(5)
+            assert httpx.get(f"{server.http}/api/queue").json() == {"queue_size": 1}
+            assert httpx.get(f"{server.http}/api/settings").json()["max_queue_size"] == 1
+            # first says nothing more: the idle timeout ends it
+            timeout = await first.recv_until("timeout", timeout=10)
+            assert "no message for 1.5 s" in timeout["message"]
+            with pytest.raises(websockets.ConnectionClosed):
+                await first.recv(5)
+            server.wait_for_users(0)
+            third = Client(server)  # the place is free again
+            assert (await third.connect())["status"] == "connected"
+            await third.close()
+
+        run(scenario())
+
+
+def test_max_session_length_ends_a_busy_session():
+    with run_server(*ECHO, "--max-session-length", "2") as server:
+
+        async def scenario():
+            client = Client(server)
+            await client.connect()
+            async with httpx.AsyncClient(timeout=30) as http:
+                stream = mjpeg_frames(server, client.user_id, http)
+                pump = asyncio.create_task(client.pump(SMALL))
+                started = time.monotonic()
+                frames = await asyncio.wait_for(take(stream, 10_000), 15)  # ends with the session
+                assert 1 < time.monotonic() - started < 10
+                with pytest.raises(websockets.ConnectionClosed):
+                    await pump
+            assert frames
+            assert any("the limit is 2 s a session" in m.get("message", "") for m in client.messages)
+            server.wait_for_users(0)
+
+        run(scenario())
+
+
+def test_ctrl_c_with_streams_open_stops_within_two_seconds():
+    with run_server(*ECHO) as server:
+
+        async def scenario():
+            clients = [Client(server) for _ in range(2)]
+            async with httpx.AsyncClient(timeout=30) as http:
+                for client in clients:
+                    await client.connect()
+                streams = [mjpeg_frames(server, c.user_id, http) for c in clients]
+                pumps = [asyncio.create_task(c.pump({"delay_ms": 100, **SMALL})) for c in clients]
+                for stream in streams:
+                    await take(stream, 1)
+                started = time.monotonic()
+                server.proc.send_signal(signal.SIGINT)
+                while server.proc.poll() is None and time.monotonic() - started < 10:
+                    await asyncio.sleep(0.02)
+                elapsed = time.monotonic() - started
+                for pump in pumps:
+                    pump.cancel()
+            print(f"stopped {elapsed:.2f} s after Ctrl-C")
+            assert server.proc.returncode in (0, -signal.SIGINT)  # uvicorn re-raises Ctrl-C once stopped
+            assert elapsed < 2.0
+
+        run(scenario())
+
+
+def test_grey_and_odd_sized_camera_frames_are_accepted(echo_server):
+    grey = simplejpeg.encode_jpeg(np.full((123, 201, 1), 90, np.uint8), colorspace="GRAY")
+
+    async def scenario():
+        client = Client(echo_server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=30) as http:
+            stream = mjpeg_frames(echo_server, client.user_id, http)
+            pump = asyncio.create_task(client.pump(SMALL, jpeg=grey))
+            frame = (await take(stream, 1))[0]
+            pump.cancel()
+        pixels = simplejpeg.decode_jpeg(frame)
+        assert pixels.shape == (256, 256, 3)
+        assert abs(int(pixels.mean()) - 90) < 8  # the grey came through, cropped and scaled to fill
+        await client.close()
+
+    run(scenario())
