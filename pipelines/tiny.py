@@ -27,6 +27,7 @@ __all__ = [
     "tiny_taesd",
     "tiny_taesdxl",
     "tiny_controlnet",
+    "tiny_safety_checker",
     "save_single_file",
 ]
 
@@ -397,6 +398,24 @@ def _open_clip_to_ldm(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
         else:
             raise ValueError(f"no original-layout name for text encoder key {key!r}")
     return out
+
+
+def tiny_safety_checker(seed: int = 0):
+    """(StableDiffusionSafetyChecker, CLIPImageProcessor) on 32x32 crops, standing in for
+    CompVis/stable-diffusion-safety-checker. Its concept thresholds are the real class's defaults."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    clip = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
+    config = CLIPConfig(
+        text_config={**clip, "vocab_size": 514, "bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513},
+        vision_config={**clip, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    with _seeded(seed):
+        checker = StableDiffusionSafetyChecker(config)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _ready(checker), processor
 
 
 def save_single_file(pipe, path: str) -> None:

@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import markdown2
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from PIL import Image
 from pydantic import BaseModel
 
 from pipelines.base import Pipeline
@@ -83,7 +84,14 @@ class LiveServer:
             self.sessions.close(session)
 
 
-def create_app(config: Config, module: ModuleType, pipeline: Pipeline, device: str, dtype: str) -> FastAPI:
+def create_app(
+    config: Config,
+    module: ModuleType,
+    pipeline: Pipeline,
+    device: str,
+    dtype: str,
+    safety_checker: Callable[[Image.Image], Image.Image] | None = None,
+) -> FastAPI:
     live = LiveServer(config, module, pipeline, device, dtype, SessionManager(config.max_users))
     info = module.Info()
     settings = SettingsResponse(
@@ -102,6 +110,7 @@ def create_app(config: Config, module: ModuleType, pipeline: Pipeline, device: s
             live.loop,
             lambda session, result: protocol.deliver(live.sessions, session, result),
             config.jpeg_quality,
+            safety_checker,
         )
         live.worker.start()
         yield

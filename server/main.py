@@ -57,10 +57,11 @@ def setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
 
 
-def load_pipeline(config: Config) -> tuple[Any, Any, str, str]:
-    """Import the pipeline module, build it, warm it up. Returns (module, pipeline, device, dtype)."""
+def load_pipeline(config: Config) -> tuple[Any, Any, Any, str, str]:
+    """Import the pipeline module, build it (and the safety checker), warm it up.
+    Returns (module, pipeline, safety checker or None, device, dtype)."""
     import pipelines
-    from pipelines.common import resolve_device, resolve_dtype
+    from pipelines.common import SafetyChecker, resolve_device, resolve_dtype
 
     module = pipelines.load_module(config.pipeline)
     device = resolve_device(config.device)
@@ -69,11 +70,12 @@ def load_pipeline(config: Config) -> tuple[Any, Any, str, str]:
     log.info("Loading pipeline %r: %s on %s, %s", config.pipeline, model, device, str(dtype).removeprefix("torch."))
     started = time.perf_counter()
     pipeline = module.Pipeline(config.model_options(), device, dtype)
+    safety_checker = SafetyChecker(config.model_options(), device, dtype) if config.safety_checker else None
     loaded = time.perf_counter()
     log.info("Model loaded in %.1f s; warming up", loaded - started)
     _warm_up(module, pipeline)
     log.info("Warm-up frame took %.2f s", time.perf_counter() - loaded)
-    return module, pipeline, str(device), str(dtype).removeprefix("torch.")
+    return module, pipeline, safety_checker, str(device), str(dtype).removeprefix("torch.")
 
 
 def _warm_up(module: Any, pipeline: Any) -> None:
@@ -98,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(pipelines.available()))
         return 0
     try:
-        module, pipeline, device, dtype = load_pipeline(config)
+        module, pipeline, safety_checker, device, dtype = load_pipeline(config)
     except pipelines.UnknownPipeline as error:
         log.error("%s", error)
         return 2
@@ -108,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from server.app import FRONTEND_BUILD, create_app
 
-    app = create_app(config, module, pipeline, device, dtype)
+    app = create_app(config, module, pipeline, device, dtype, safety_checker)
     if not (FRONTEND_BUILD / "index.html").is_file():
         log.warning("The web page is not built (%s missing): run ./build-run.sh, or "
                     "npm --prefix frontend ci && npm --prefix frontend run build", FRONTEND_BUILD / "index.html")

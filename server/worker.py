@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from PIL import Image
 
 from pipelines.base import Pipeline
 from server.imaging import encode_jpeg
@@ -46,12 +47,14 @@ class Worker:
         loop: asyncio.AbstractEventLoop,
         deliver: Callable[[Session, Result], None],
         jpeg_quality: int,
+        safety_checker: Callable[[Image.Image], Image.Image] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.sessions = sessions
         self.loop = loop
         self.deliver = deliver  # called on the event loop
         self.jpeg_quality = jpeg_quality
+        self.safety_checker = safety_checker
         self.frames_done = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
@@ -75,6 +78,8 @@ class Worker:
         started_at = time.monotonic()
         try:
             image = self.pipeline.predict(frame.params, frame.image)
+            if self.safety_checker is not None:
+                image = self.safety_checker(image)
             result = Result(frame, started_at, 0.0, jpeg=encode_jpeg(image, self.jpeg_quality))
         except Exception as error:  # the client hears of it; the next frame is tried again
             log.exception("session %s: generating a frame failed", session.short_id)
