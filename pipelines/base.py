@@ -132,3 +132,6 @@ class ModelOptions(BaseModel):
     compel: bool = Field(True, description="compel prompt weighting, e.g. 'a (red)++ cat'")
     torch_compile: bool = Field(False, description="torch.compile the UNet and VAE at start-up")
     safety_checker: bool = Field(False, description="Blank out images the safety checker flags")
+    loras: tuple[str, ...] = Field((), description="LoRAs to load: ID_OR_PATH[:WEIGHT] each")
+    fuse_loras: bool = Field(False, description="Fuse the LoRAs into the weights (faster, no live lora_scale)")
+    controlnet_id: str = Field("", description="ControlNet override: hub id or local folder")

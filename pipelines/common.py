@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.base import ModelOptions
+from pipelines.base import ModelOptions, ParamsModel
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,16 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 # --- loading --------------------------------------------------------------------------------------
 
 
-class ModelUnavailable(RuntimeError):
-    """A model that is neither on disk nor downloadable; the message says what to do."""
+class ModelLoadError(RuntimeError):
+    """A model that cannot be used; the message says why and what to do."""
+
+
+class ModelUnavailable(ModelLoadError):
+    """A model that is neither on disk nor downloadable."""
+
+
+class ModelMismatch(ModelLoadError):
+    """A model whose architecture does not fit the pipeline."""
 
 
 def _hub_unavailable(model_id: str, why: str) -> ModelUnavailable:
@@ -202,7 +211,7 @@ class PromptCache:
         if self._sdxl:
             embeds, negative, pooled, negative_pooled = self._pipe.encode_prompt(
                 prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
-                negative_prompt=negative_prompt, force_zeros_for_empty_prompt=False,
+                negative_prompt=negative_prompt,
             )
             return PromptEmbeds(embeds, negative, pooled, negative_pooled)
         embeds, negative = self._pipe.encode_prompt(
@@ -263,6 +272,33 @@ def img2img_steps(steps: int, strength: float) -> int:
     return n
 
 
+@contextmanager
+def _quiet(scheduler: Any) -> Iterator[None]:
+    scheduler_log = logging.getLogger(type(scheduler).__module__)
+    level = scheduler_log.level
+    scheduler_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        scheduler_log.setLevel(level)
+
+
+def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
+    """The timesteps an image-to-image frame runs: int(n * strength) steps (at least one) of the
+    n-step schedule, as diffusers does, but starting from the noise level `strength` asks for, so
+    strength stays a continuous knob even at one or two steps."""
+    n = img2img_steps(steps, strength)
+    scheduler.set_timesteps(n)
+    tail = [int(t) for t in scheduler.timesteps[n - int(n * strength) :]]
+    train_steps = scheduler.config.num_train_timesteps
+    first = round(strength * train_steps) - 1
+    original_steps = getattr(scheduler.config, "original_inference_steps", None)
+    if original_steps:  # LCM: stay on the timesteps it was distilled on
+        stride = train_steps // original_steps
+        first = max(1, round((first + 1) / stride)) * stride - 1
+    return [max(first, tail[0]), *tail[1:]]
+
+
 def guidance_embedding(unet: Any, guidance_scale: float, batch: int) -> torch.Tensor | None:
     """LCM-distilled UNets take the guidance scale as an embedding (w - 1, as diffusers' LCM pipelines)."""
     dim = unet.config.time_cond_proj_dim
@@ -278,48 +314,82 @@ def guidance_embedding(unet: Any, guidance_scale: float, batch: int) -> torch.Te
     return embedding.to(device=unet.device, dtype=unet.dtype)
 
 
-def img2img(
+@dataclass(frozen=True)
+class Control:
+    """A ControlNet and its conditioning image for one frame (diffusers' semantics for start and end)."""
+
+    controlnet: Any
+    image: torch.Tensor  # 1x3xHxW in [0, 1]
+    scale: float
+    start: float = 0.0  # fraction of the denoising steps where the control starts to apply
+    end: float = 1.0  # ... and where it stops
+
+
+def denoise(
     pipe: Any,
-    image: torch.Tensor,
+    image: torch.Tensor | None,
     prompt: PromptEmbeds,
     *,
     steps: int,
     strength: float,
     guidance_scale: float,
     seed: int,
-    unet_kwargs: Callable[[torch.Tensor, torch.Tensor], dict[str, Any]] | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    control: Control | None = None,
 ) -> torch.Tensor:
-    """Image-to-image with the pipe's unet, vae and scheduler: encode, noise to `strength`, denoise
-    int(n * strength) steps of an n-step schedule, decode. Returns 1x3xHxW in [-1, 1].
+    """Denoise with the pipe's unet, vae and scheduler; returns 1x3xHxW in [-1, 1].
 
-    Guidance above 1 runs classifier-free guidance against the negative prompt (a second UNet pass);
-    `unet_kwargs(latent_batch, t)` adds pipeline-specific UNet inputs (SDXL time ids, ControlNet).
-    Same inputs and seed give the same output.
+    With an image: encode it, noise it to `strength`, run int(n * strength) steps of an n-step
+    schedule (at least one), decode. With `image=None` (text to image): start from pure noise of
+    width x height and run all `steps`. Guidance above 1 runs classifier-free guidance against the
+    negative prompt (a second UNet pass). SDXL's pooled embeddings and size conditioning, and a
+    ControlNet, are used when given. The same inputs and seed give the same output.
     """
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
-    generator = torch.Generator(device=unet.device).manual_seed(seed)
+    device, dtype = unet.device, unet.dtype
+    generator = torch.Generator(device=device).manual_seed(seed)
     cfg = guidance_scale > 1.0
 
-    n = img2img_steps(steps, strength)
-    scheduler.set_timesteps(n, device=unet.device)
-    start = n - min(int(n * strength), n)
-    timesteps = scheduler.timesteps[start * scheduler.order :]
-    if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(start * scheduler.order)
+    if image is None:
+        scheduler.set_timesteps(steps, device=device)
+    else:
+        with _quiet(scheduler):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
+            scheduler.set_timesteps(timesteps=img2img_timesteps(scheduler, steps, strength), device=device)
+    timesteps = scheduler.timesteps
 
-    latents = encode_latents(vae, image)
-    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
-    latents = scheduler.add_noise(latents, noise, timesteps[:1])
+    if image is None:
+        shape = (1, unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        latents = torch.randn(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
+    else:
+        latents = encode_latents(vae, image)
+        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=dtype)
+        latents = scheduler.add_noise(latents, noise, timesteps[:1])
+    out_height, out_width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
 
     embeds = torch.cat([prompt.negative_embeds, prompt.embeds]) if cfg else prompt.embeds
-    timestep_cond = guidance_embedding(unet, guidance_scale, embeds.shape[0])
+    batch = embeds.shape[0]
+    timestep_cond = guidance_embedding(unet, guidance_scale, batch)
+    added_cond = None
+    if prompt.pooled is not None:  # SDXL: pooled text embedding and size micro-conditioning
+        pooled = torch.cat([prompt.negative_pooled, prompt.pooled]) if cfg else prompt.pooled
+        time_ids = torch.tensor([[out_height, out_width, 0, 0, out_height, out_width]], device=device, dtype=dtype)
+        added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(batch, 1)}
+    control_image = control.image.to(device=device, dtype=dtype).repeat(batch, 1, 1, 1) if control else None
+
     result = latents
-    for t in timesteps:
-        model_input = torch.cat([latents] * 2) if cfg else latents
-        model_input = scheduler.scale_model_input(model_input, t)
-        extra = unet_kwargs(model_input, t) if unet_kwargs else {}
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents] * batch), t)
+        residuals = {}
+        if control is not None and control.start <= i / len(timesteps) and (i + 1) / len(timesteps) <= control.end:
+            down, mid = control.controlnet(
+                model_input, t, encoder_hidden_states=embeds, controlnet_cond=control_image,
+                conditioning_scale=control.scale, added_cond_kwargs=added_cond, return_dict=False,
+            )
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         noise_pred = unet(
-            model_input, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond, return_dict=False, **extra
+            model_input, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond,
+            added_cond_kwargs=added_cond, return_dict=False, **residuals,
         )[0]
         if cfg:
             uncond, cond = noise_pred.chunk(2)
@@ -343,6 +413,11 @@ SD_BETAS = {
 }
 
 
+# SD 1.x/2.x pipelines are built without their own safety checker: the server's --safety-checker
+# runs after any pipeline.
+NO_SAFETY_CHECKER = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+
+
 def build_pipeline(
     cls: Any,
     options: ModelOptions,
@@ -357,8 +432,34 @@ def build_pipeline(
             name: _cast(component, dtype) if isinstance(component, torch.nn.Module) else component
             for name, component in tiny_components().items()
         }
-        return cls(**components, **kwargs)
-    return load_pipeline(cls, options.model_id or default_model_id, dtype, options.model_config_id, **kwargs)
+        return cls(**(kwargs | components))  # miniature components replace loaded ones
+    model_id = options.model_id or default_model_id
+    try:
+        pipe = load_pipeline(cls, model_id, dtype, options.model_config_id, **kwargs)
+    except ModelLoadError:
+        raise
+    except (ValueError, TypeError, KeyError, RuntimeError, OSError) as error:
+        raise ModelMismatch(f"Model {model_id!r} could not be loaded as {cls.__name__}: {error}") from error
+    check_fits(pipe, model_id)
+    return pipe
+
+
+def check_fits(pipe: Any, model_id: str) -> None:
+    """Refuse, at start-up, a model whose UNet and text encoders do not belong together."""
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    width = sum(
+        encoder.config.hidden_size
+        for encoder in (getattr(pipe, "text_encoder", None), getattr(pipe, "text_encoder_2", None))
+        if encoder is not None
+    )
+    unet = pipe.unet.config
+    kind = "SDXL" if sdxl else "Stable Diffusion 1.x/2.x"
+    if unet.cross_attention_dim != width or sdxl != (unet.addition_embed_type == "text_time"):
+        raise ModelMismatch(
+            f"Model {model_id!r} does not fit this {kind} pipeline: its UNet takes {unet.cross_attention_dim}-wide "
+            f"text embeddings{' with SDXL conditioning' if unet.addition_embed_type == 'text_time' else ''}, "
+            f"its text encoders give {width}. Pick the pipeline of its family (--list-pipelines)."
+        )
 
 
 SAFETY_CHECKER_ID = "CompVis/stable-diffusion-safety-checker"
@@ -387,3 +488,86 @@ class SafetyChecker:
         clip_input = pixels.to(device=self.model.device, dtype=self.model.dtype)
         _, flagged = self.model(images=[np.zeros(1)], clip_input=clip_input)
         return Image.new("RGB", image.size) if flagged[0] else image
+
+
+# --- LoRAs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """`--lora ID_OR_PATH[:WEIGHT]`: a hub id, a folder or a .safetensors file, and its weight."""
+
+    source: str
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, spec: str) -> LoraSpec:
+        source, colon, weight = spec.rpartition(":")
+        if colon and source:
+            try:
+                return cls(source, float(weight))
+            except ValueError:
+                pass  # a colon that is part of the path
+        return cls(spec)
+
+
+def load_lora(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: str) -> None:
+    """Load one LoRA through peft from a hub id, a folder, a .safetensors file or a state dict."""
+    if isinstance(source, dict):
+        pipe.load_lora_weights(source, adapter_name=adapter_name)
+        return
+    path = Path(source).expanduser()
+    if path.is_file():
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
+    elif path.is_dir():
+        pipe.load_lora_weights(str(path), adapter_name=adapter_name)
+    elif source.startswith((".", "/", "~")) or source.endswith(SINGLE_FILE_SUFFIXES):
+        raise ModelUnavailable(f"--lora {source!r}: no such file or folder")
+    else:
+        ensure_hub_model(source)
+        pipe.load_lora_weights(source, adapter_name=adapter_name)
+
+
+def fuse_lora(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: str) -> None:
+    """Load a LoRA and fuse it into the weights (no per-step cost), as the LCM-LoRA is."""
+    load_lora(pipe, source, adapter_name)
+    pipe.fuse_lora(adapter_names=[adapter_name])
+    pipe.unload_lora_weights()  # keeps the fused weights, drops the adapter layers
+
+
+class Loras:
+    """The user's LoRAs (`--lora`): peft adapters with their weights and a live `lora_scale`
+    parameter, or fused into the weights (`--fuse-loras`: fastest, no live scale)."""
+
+    def __init__(self, pipe: Any, specs: tuple[str, ...], *, fuse: bool) -> None:
+        self.pipe = pipe
+        self.specs = [LoraSpec.parse(spec) for spec in specs]
+        self.names = [f"lora_{i}" for i in range(len(self.specs))]
+        self.live = bool(self.specs) and not fuse
+        self._scale: float | None = None
+        for name, spec in zip(self.names, self.specs):
+            log.info("Loading LoRA %s (weight %g)", spec.source, spec.weight)
+            load_lora(pipe, spec.source, name)
+        if self.specs:
+            pipe.set_adapters(self.names, [spec.weight for spec in self.specs])
+        if self.specs and fuse:
+            pipe.fuse_lora(adapter_names=self.names)
+            pipe.unload_lora_weights()
+
+    def params_type(self, base: type[ParamsModel]) -> type[ParamsModel]:
+        """`base`, plus a `lora_scale` parameter when LoRAs are live adapters."""
+        if not self.live:
+            return base
+        from pydantic import create_model
+
+        from pipelines.base import range_field
+
+        return create_model(
+            base.__name__, __base__=base,
+            lora_scale=(float, range_field(1.0, 0.0, 2.0, 0.01, "LoRA scale", description="Multiplies every --lora weight")),
+        )
+
+    def apply(self, params: ParamsModel) -> None:
+        if self.live and params.lora_scale != self._scale:  # type: ignore[attr-defined]
+            self._scale = params.lora_scale  # type: ignore[attr-defined]
+            self.pipe.set_adapters(self.names, [spec.weight * self._scale for spec in self.specs])

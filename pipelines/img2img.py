@@ -66,19 +66,20 @@ class Pipeline:
             MODEL_ID,
             dtype,
             tiny_components=lambda: {**tiny.tiny_sd15(lcm=True), "scheduler": LCMScheduler(**common.SD_BETAS)},
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+            **common.NO_SAFETY_CHECKER,
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
+        self.loras = common.Loras(self.pipe, config.loras, fuse=config.fuse_loras)
+        self.InputParams = self.loras.params_type(InputParams)
         common.swap_in_taesd(self.pipe, config, TAESD_ID, tiny.tiny_taesd)
         common.optimize(self.pipe, config, device, dtype)
         self.prompts = common.PromptCache(self.pipe, use_compel=config.compel)
 
     @torch.inference_mode()
     def predict(self, params: InputParams, image: Image.Image) -> Image.Image:
+        self.loras.apply(params)
         frame = common.crop_to_fill(image, params.width, params.height)
-        output = common.img2img(
+        output = common.denoise(
             self.pipe,
             common.image_to_tensor(frame, self.pipe.unet.device, self.pipe.unet.dtype),
             self.prompts(params.prompt, params.negative_prompt),

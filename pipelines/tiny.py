@@ -28,6 +28,7 @@ __all__ = [
     "tiny_taesdxl",
     "tiny_controlnet",
     "tiny_safety_checker",
+    "tiny_lora",
     "save_single_file",
 ]
 
@@ -136,13 +137,24 @@ def _vae(scaling_factor: float, sample_size: int, **extra) -> AutoencoderKL:
 
 def _taesd() -> AutoencoderTiny:
     # madebyollin/taesd and taesdxl share one architecture: four blocks (scale factor 8), 4 latents.
-    return AutoencoderTiny(
+    vae = AutoencoderTiny(
         encoder_block_out_channels=(8, 8, 8, 8),
         decoder_block_out_channels=(8, 8, 8, 8),
         num_encoder_blocks=(1, 1, 1, 1),
         num_decoder_blocks=(1, 1, 1, 1),
         latent_channels=4,
     )
+    # PyTorch's default conv init shrinks the signal at every layer: the encoder's latents came out
+    # near zero and every decoded frame near black, whatever the input. Variance-preserving weights
+    # give latents of real-image scale (std ~0.7) and varied mid-range frames that follow the input.
+    for part, gain in ((vae.encoder, 1.0), (vae.decoder, 0.85)):
+        for conv in part.modules():
+            if isinstance(conv, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                conv.weight.data.mul_(gain)
+                if conv.bias is not None:
+                    torch.nn.init.zeros_(conv.bias)
+    return vae
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,3 +449,22 @@ def save_single_file(pipe, path: str) -> None:
     else:
         state.update(_clip_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
     save_file({k: v.detach().contiguous() for k, v in state.items()}, path)
+
+
+def tiny_lora(unet: UNet2DConditionModel, seed: int = 0, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random LoRA for `unet`'s attention projections, as the state dict `load_lora_weights`
+    takes: stands in for a real LoRA such as latent-consistency/lcm-lora-sdxl."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False
+    )
+    with _seeded(seed):
+        host = UNet2DConditionModel.from_config(unet.config)
+        host.add_adapter(config)
+        # peft's random init is small; scale it so the LoRA visibly changes the output.
+        for name, parameter in host.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(parameter, std=0.2)
+    state = get_peft_model_state_dict(host)
+    return {f"unet.{name}": tensor.detach().clone() for name, tensor in state.items()}

@@ -13,14 +13,17 @@ from typing import Any, AsyncIterator, Callable
 import markdown2
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel
 
 from pipelines.base import Pipeline
-from server import protocol, streaming
+from server import oneshot, protocol, streaming
 from server.config import Config
+from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from server.metrics import Metrics
+from server.outputs import Outputs
 from server.sessions import SessionManager
 from server.worker import Worker
 
@@ -29,6 +32,7 @@ log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FRONTEND_BUILD = REPO_ROOT / "frontend" / "build"
 PLACEHOLDER_PAGE = Path(__file__).resolve().parent / "placeholder.html"
+OUTPUTS_CLOSE_S = 2.0  # at shutdown: how long the outputs get to remove their NDI sources, Syphon servers
 
 
 class SettingsResponse(BaseModel):
@@ -52,6 +56,11 @@ class HealthResponse(BaseModel):
     users: int
     max_users: int
     frames_generated: int
+
+
+class ViewerTokenResponse(BaseModel):
+    viewer_token: str
+    view_path: str
 
 
 @dataclass
@@ -92,11 +101,19 @@ def create_app(
     dtype: str,
     safety_checker: Callable[[Image.Image], Image.Image] | None = None,
 ) -> FastAPI:
-    live = LiveServer(config, module, pipeline, device, dtype, SessionManager(config.max_users))
+    metrics = Metrics()
+    outputs = Outputs(config, metrics)  # raises OutputUnavailable when one cannot run here
+    sessions = SessionManager(config.max_users, outputs=outputs.for_session, metrics=metrics)
+    live = LiveServer(config, module, pipeline, device, dtype, sessions)
     info = module.Info()
+    one_shot = oneshot.OneShot(
+        sessions, pipeline.InputParams, info.input_mode,
+        max_requests=config.max_process_requests, max_frame_bytes=config.max_frame_bytes,
+        max_frame_pixels=config.max_frame_pixels, shutdown=live.shutdown,
+    )
     settings = SettingsResponse(
         info=module.Info.model_json_schema(),
-        input_params=module.InputParams.model_json_schema(),
+        input_params=pipeline.InputParams.model_json_schema(),
         max_queue_size=config.max_users,
         page_content=markdown2.markdown(info.page_content) if info.page_content else "",
     )
@@ -116,6 +133,7 @@ def create_app(
         yield
         live._shutdown()
         live.worker.stop()
+        await asyncio.to_thread(outputs.join, OUTPUTS_CLOSE_S)
 
     app = FastAPI(title="Live Diffusion", summary=f"{info.title}: {info.description}", lifespan=lifespan)
     app.state.live = live
@@ -123,7 +141,7 @@ def create_app(
 
     @app.websocket("/api/ws/{user_id}")
     async def websocket(websocket: WebSocket, user_id: str) -> None:
-        conversation = protocol.Conversation(websocket, live.sessions, module.InputParams, info.input_mode, config)
+        conversation = protocol.Conversation(websocket, live.sessions, pipeline.InputParams, info.input_mode, config)
         await conversation.run(user_id)
 
     @app.get("/api/stream/{user_id}", response_class=StreamingResponse)
@@ -158,6 +176,38 @@ def create_app(
             max_users=config.max_users,
             frames_generated=live.worker.frames_done if live.worker else 0,
         )
+
+    @app.get("/api/viewer-token/{user_id}", responses={404: {"model": oneshot.ErrorResponse}})
+    async def get_viewer_token(user_id: str) -> ViewerTokenResponse:
+        """The read-only viewer link of a connected session: GET `view_path` shows its frames."""
+        session = live.sessions.get(user_id)
+        if session is None:
+            raise HTTPException(404, "No session with this id is connected: open the websocket first")
+        return ViewerTokenResponse(viewer_token=session.viewer_token, view_path=f"/api/view/{session.viewer_token}")
+
+    @app.get("/api/view/{token}", response_class=StreamingResponse, responses={404: {"model": oneshot.ErrorResponse}})
+    async def view(token: str, request: Request) -> StreamingResponse:
+        """A session's MJPEG stream for any number of read-only viewers, until the session ends."""
+        session = live.sessions.get_by_viewer_token(token)
+        if session is None:
+            raise HTTPException(404, "No session has this viewer link: the session has ended, or the link is wrong")
+        frames = streaming.viewer_stream(session, request, live.shutdown, metrics.viewers)
+        return StreamingResponse(frames, media_type=streaming.MEDIA_TYPE, headers=streaming.HEADERS)
+
+    @app.post(
+        "/api/process",
+        response_class=Response,
+        responses=oneshot.RESPONSES,
+        openapi_extra=oneshot.openapi_body(pipeline.InputParams, info.input_mode),
+    )
+    async def process(request: Request) -> Response:
+        """One image in (multipart: `file`, and the pipeline's parameters as fields), one JPEG out."""
+        return Response(await one_shot.process(request), media_type="image/jpeg")
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def get_metrics() -> Response:
+        """Prometheus metrics: sessions, viewers, frames in, out and dropped, timings, errors by kind."""
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     if (FRONTEND_BUILD / "index.html").is_file():
         app.mount("/", StaticFiles(directory=FRONTEND_BUILD, html=True), name="frontend")

@@ -31,6 +31,11 @@ class Config(BaseSettings):
     model_config_id: str = Field(
         "", description="For a single-file --model-id: hub id or diffusers folder holding its configs; empty: guessed from the file"
     )
+    lora: list[str] = Field(
+        [], description="LoRA to load through peft: hub id, folder or .safetensors file, with an optional :WEIGHT (repeatable)"
+    )
+    fuse_loras: bool = Field(False, description="Fuse the LoRAs into the weights: faster frames, no live lora_scale")
+    controlnet_id: str = Field("", description="ControlNet override for ControlNet pipelines: hub id or local folder")
     tiny: bool = Field(False, description="Miniature random models built in code: no GPU or hub needed, output is noise")
 
     # where and how it runs
@@ -49,11 +54,24 @@ class Config(BaseSettings):
     max_users: int = Field(0, ge=0, description="Users streaming at once; 0: no limit")
     idle_timeout: float = Field(120.0, ge=0, description="Seconds without a message before a session ends; 0: never")
     max_session_length: float = Field(0.0, ge=0, description="Seconds a session may last; 0: no limit")
+    max_process_requests: int = Field(
+        4, ge=1, description="One-shot POST /api/process requests in progress at once; more get 503"
+    )
 
     # frames
     jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of the output JPEG frames")
     max_frame_bytes: int = Field(4_000_000, ge=1024, description="Largest input frame accepted, in bytes")
     max_frame_pixels: int = Field(4_194_304, ge=4096, description="Largest input frame accepted, in pixels (w*h)")
+
+    # outputs beyond the browser, one per streaming session
+    ndi: bool = Field(False, description="Publish each streaming session as an NDI source (needs: pip install .[ndi])")
+    ndi_name: str = Field(
+        "Live Diffusion", min_length=1, max_length=100, description="NDI source name; the short session id is appended"
+    )
+    syphon: bool = Field(False, description="Publish each streaming session as a Syphon server (macOS; pip install .[syphon])")
+    syphon_name: str = Field(
+        "Live Diffusion", min_length=1, max_length=100, description="Syphon server name; the short session id is appended"
+    )
 
     # TLS: browsers only give cameras to https pages (or localhost)
     ssl_certfile: str = Field("", description="TLS certificate file (PEM) to serve https")
@@ -77,6 +95,9 @@ class Config(BaseSettings):
             compel=self.compel,
             torch_compile=self.torch_compile,
             safety_checker=self.safety_checker,
+            loras=tuple(self.lora),
+            fuse_loras=self.fuse_loras,
+            controlnet_id=self.controlnet_id,
         )
 
 

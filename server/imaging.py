@@ -1,30 +1,42 @@
-"""JPEG in and out with libjpeg-turbo (simplejpeg), with bounds checked before any pixel is decoded."""
+"""JPEG in and out with libjpeg-turbo (simplejpeg), PNG in (one-shot API), with bounds checked before
+any pixel is decoded."""
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import simplejpeg
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class FrameError(ValueError):
-    """An input frame that cannot be used; the message is meant for the client."""
+    """An input frame that cannot be used (damaged, say); the message is meant for the client."""
+
+
+class FrameTooLarge(FrameError):
+    """Over the byte or pixel cap."""
+
+
+class UnsupportedFrame(FrameError):
+    """Not an image of a format this accepts."""
 
 
 def decode_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     """JPEG bytes -> RGB image, refusing oversized or broken input before decoding pixels."""
     if len(data) > max_bytes:
-        raise FrameError(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
+        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
     if not data.startswith(JPEG_MAGIC):
-        raise FrameError("Frame is not a JPEG image")
+        raise UnsupportedFrame("Frame is not a JPEG image")
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as error:
         raise FrameError(f"Frame is not a readable JPEG image ({error})") from None
     if width * height > max_pixels:
-        raise FrameError(f"Frame is {width}x{height} pixels; the limit is {max_pixels} pixels")
+        raise FrameTooLarge(f"Frame is {width}x{height} pixels; the limit is {max_pixels} pixels")
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB")  # grey and YCbCr both come out RGB
     except ValueError as error:
@@ -32,6 +44,47 @@ def decode_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def encode_jpeg(image: Image.Image, quality: int) -> bytes:
-    pixels = np.asarray(image.convert("RGB"))
+def decode_png(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """PNG bytes -> RGB image (alpha dropped), with the same caps, the size read from the header first."""
+    if len(data) > max_bytes:
+        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
+    if not data.startswith(PNG_MAGIC):
+        raise UnsupportedFrame("Frame is not a PNG image")
+    # The first chunk is IHDR: its length (4 bytes), type, then width and height, big-endian.
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise FrameError("Frame is not a readable PNG image (no IHDR header)")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if width * height > max_pixels:
+        raise FrameTooLarge(f"Frame is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
+            image.load()
+            return image.convert("RGB")
+    except UnidentifiedImageError:  # its message shows a Python object, not the problem
+        raise FrameError("Frame is a damaged PNG image (unreadable header)") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise FrameError(f"Frame is a damaged PNG image ({error})") from None
+
+
+def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """A JPEG or PNG frame (told apart by their first bytes) -> RGB image, bounded as above."""
+    if len(data) > max_bytes:
+        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
+    if data.startswith(PNG_MAGIC):
+        return decode_png(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if data.startswith(JPEG_MAGIC):
+        return decode_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    raise UnsupportedFrame("Frame is not a JPEG or PNG image")
+
+
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """The RGB pixels of an image (height x width x 3, uint8), made read-only: the worker converts each
+    generated frame once and shares the array between the JPEG encoder and the outputs."""
+    pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    pixels.flags.writeable = False
+    return pixels
+
+
+def encode_jpeg(image: Image.Image | np.ndarray, quality: int) -> bytes:
+    pixels = image if isinstance(image, np.ndarray) else rgb_pixels(image)
     return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420")

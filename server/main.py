@@ -83,7 +83,7 @@ def _warm_up(module: Any, pipeline: Any) -> None:
     # before the first user arrives.
     from PIL import Image
 
-    params = module.InputParams()
+    params = pipeline.InputParams()
     size = (getattr(params, "width", 512), getattr(params, "height", 512))
     image = Image.new("RGB", size, (127, 127, 127)) if module.Info().input_mode == "image" else None
     pipeline.predict(params, image)
@@ -94,17 +94,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log_level)
 
     import pipelines
-    from pipelines.common import ModelUnavailable
+    from pipelines.common import ModelLoadError
 
     if config.list_pipelines:
         print("\n".join(pipelines.available()))
         return 0
+    from server import outputs
+
+    try:  # before the model loads: a missing package or the wrong OS should not cost a minute of loading
+        outputs.check(config)
+    except outputs.OutputUnavailable as error:
+        log.error("%s", error)
+        return 2
     try:
         module, pipeline, safety_checker, device, dtype = load_pipeline(config)
     except pipelines.UnknownPipeline as error:
         log.error("%s", error)
         return 2
-    except ModelUnavailable as error:
+    except ModelLoadError as error:
         log.error("%s", error)
         return 1
 

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT_MESSAGE_CHARS = 65_536
 EMPTY_FRAME_RETRY_S = 0.02  # the client has no camera frame yet: ask again shortly, not in a busy loop
+TEXT_POLL_S = 0.2  # text pipelines, parameters unchanged: how soon to ask the client again
 
 Expecting = Literal["status", "params", "image", "skip_image"]
 
@@ -43,11 +44,19 @@ def request_frame_if_idle(sessions: SessionManager, session: Session) -> None:
 
 def deliver(sessions: SessionManager, session: Session, result: Result) -> None:
     """A frame of this session has been generated (or failed): publish it and ask for the next."""
+    if session.reply is not None:  # a one-shot job (POST /api/process): its request awaits the result
+        sessions.metrics.frame_done("process", result)
+        if not session.reply.done():
+            session.reply.set_result(result)
+        return
     if session.closed:
         return
+    sessions.metrics.frame_done("live", result)
     if result.jpeg is not None:
         session.stats.frames_out += 1
-        session.output.publish(result.jpeg)
+        session.output.publish(result.jpeg)  # the MJPEG stream and its viewers
+        for output in session.outputs:  # NDI, Syphon: each takes the pixels on its own thread
+            output.send(result.pixels)
     else:
         session.send_error(result.error or "Model error")
     request_frame_if_idle(sessions, session)
@@ -56,12 +65,15 @@ def deliver(sessions: SessionManager, session: Session, result: Result) -> None:
 def describe_validation_error(error: ValidationError) -> str:
     problems = []
     for item in error.errors():
-        name = ".".join(str(part) for part in item["loc"]) or "parameters"
-        if item["type"] == "extra_forbidden":
+        name = ".".join(str(part) for part in item["loc"])
+        if not name:  # a rule across parameters, such as low <= high
+            problems.append(item["msg"].removeprefix("Value error, "))
+        elif item["type"] == "extra_forbidden":
             problems.append(f"unknown parameter {name!r}")
         else:
             problems.append(f"invalid parameter {name!r}: {item['msg']}")
-    return "; ".join(problems).capitalize()
+    message = "; ".join(problems)
+    return message[:1].upper() + message[1:]
 
 
 def parse_json(text: str) -> Any:
@@ -126,6 +138,7 @@ class Conversation:
             refusal = f"Invalid user id {user_id[:64]!r}: expected a UUID"
         except ServerFull:
             refusal = "Server is full"
+            self.sessions.metrics.errors.labels("busy").inc()
         except AlreadyConnected:
             refusal = "This user id is already connected; open a new session with a new id"
         log.info("refused a connection: %s", refusal)
@@ -190,6 +203,7 @@ class Conversation:
     def _refuse(self, session: Session, problem: str, *, skip_image: bool = False) -> None:
         log.info("session %s: %s", session.short_id, problem)
         session.send_error(problem)
+        self.sessions.metrics.errors.labels("input").inc()
         self.params = None
         self.expecting = "skip_image" if skip_image and self.input_mode == "image" else "status"
         session.frame_requested = False
@@ -257,13 +271,18 @@ class Conversation:
         self._accept(session, Frame(params, image))
 
     def _accept(self, session: Session, frame: Frame) -> None:
+        session.frame_requested = False
+        if frame.image is None and frame.params == session.params and session.stats.frames_in:
+            # Text pipelines: nothing changed, nothing to generate. Ask again a little later, so
+            # clients that only answer send_frame still see their changes soon.
+            asyncio.get_running_loop().call_later(TEXT_POLL_S, request_frame_if_idle, self.sessions, session)
+            return
         if frame.params != session.params:
             changed = {
                 name: value for name, value in frame.params.model_dump().items() if getattr(session.params, name) != value
             }
             log.debug("session %s: params changed: %s", session.short_id, _short(changed))
             session.params = frame.params
-        session.frame_requested = False
         self.sessions.offer(session, frame)
         session.send({"status": "wait"})
 

@@ -1,5 +1,6 @@
 """Sessions: one per connected user, each with a latest-wins frame slot, and the manager that admits
-them and hands ready frames to the worker, fairly.
+them and hands ready frames to the worker, fairly. One-shot jobs (POST /api/process) take their turn
+in the same round-robin as pseudo-sessions.
 
 Threads: the event loop opens, feeds and closes sessions; the worker thread takes frames. Everything
 the two share (the slot, the in-flight flag, the session list) is guarded by the manager's lock.
@@ -10,14 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
 from pipelines.base import ParamsModel
+from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from server.outputs import Output
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +84,7 @@ class Session:
         self.id = session_id
         self.short_id = session_id[:8]
         self.params = params
+        self.viewer_token = secrets.token_urlsafe(18)  # read-only viewer link (/api/view/{token}); not the id
         self.created_at = self.last_message_at = time.monotonic()
         self.stats = SessionStats()
         # Shared with the worker, under SessionManager's lock:
@@ -89,6 +97,9 @@ class Session:
         self.output = OutputSlot()
         self.stream_token = 0
         self.frame_requested = False
+        self.outputs: list[Output] = []  # NDI, Syphon: started with the first stream, stopped on close
+        self.outputs_started = False
+        self.reply: asyncio.Future[Any] | None = None  # a one-shot job's: where its result goes
 
     def send(self, message: dict[str, Any]) -> None:
         """Queue a control message for the client; a client that stops reading is disconnected."""
@@ -107,9 +118,19 @@ class Session:
 
 
 class SessionManager:
-    def __init__(self, max_users: int) -> None:
+    def __init__(
+        self,
+        max_users: int,
+        *,
+        outputs: Callable[[], list[Output]] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.max_users = max_users
+        self.make_outputs = outputs or list
+        self.metrics = metrics or Metrics()
+        self.metrics.count_sessions(lambda: len(self._sessions))
         self._sessions: dict[str, Session] = {}
+        self._viewers: dict[str, Session] = {}  # viewer token -> session
         self._order: list[Session] = []  # round-robin order for the worker
         self._cond = threading.Condition()
 
@@ -121,6 +142,9 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def get_by_viewer_token(self, token: str) -> Session | None:
+        return self._viewers.get(token)
+
     def open(self, session_id: str, params: ParamsModel) -> Session:
         with self._cond:
             if session_id in self._sessions:
@@ -128,17 +152,37 @@ class SessionManager:
             if self.max_users and len(self._sessions) >= self.max_users:
                 raise ServerFull()
             session = Session(session_id, params)
+            session.outputs = self.make_outputs()
             self._sessions[session_id] = session
+            self._viewers[session.viewer_token] = session
             self._order.append(session)
+        return session
+
+    def submit_oneshot(self, frame: Frame, reply: asyncio.Future[Any]) -> Session:
+        """A one-shot job (POST /api/process): a pseudo-session holding its one frame, served in turn with
+        the live sessions (it joins the back of the round-robin). It is not a user: not counted, not
+        reachable by id or viewer token, no outputs. `deliver` sets `reply`; close it after."""
+        session = Session(uuid.uuid4().hex, frame.params)
+        session.reply = reply
+        with self._cond:
+            session.streaming = True
+            session.pending = frame
+            self._order.append(session)
+            self._cond.notify()
+        self.metrics.frames_in.labels("process").inc()
         return session
 
     def close(self, session: Session) -> None:
         with self._cond:
             if self._sessions.get(session.id) is session:
                 del self._sessions[session.id]
+                del self._viewers[session.viewer_token]  # the viewer link dies with the session
+            if session in self._order:
                 self._order.remove(session)
             session.closed = True
             session.pending = None
+        for output in session.outputs:
+            output.stop()
         session.output.notify()
 
     def offer(self, session: Session, frame: Frame) -> None:
@@ -148,14 +192,20 @@ class SessionManager:
                 return
             if session.pending is not None:
                 session.stats.frames_dropped += 1
+                self.metrics.frames_dropped.labels("input").inc()
             session.pending = frame
             session.stats.frames_in += 1
+            self.metrics.frames_in.labels("live").inc()
             self._cond.notify()
 
     def set_streaming(self, session: Session, streaming: bool) -> None:
         with self._cond:
             session.streaming = streaming
             self._cond.notify()
+        if streaming and not session.outputs_started and not session.closed:
+            session.outputs_started = True  # the outputs live from the first stream to the session's end
+            for output in session.outputs:
+                output.start(session.id)
 
     def is_idle(self, session: Session) -> bool:
         """Nothing waiting and nothing being generated: time to ask the client for a frame."""

@@ -1,6 +1,6 @@
 """The inference thread: the only code that touches the model. It pulls ready frames from the session
-manager (so there is no queue to grow), runs the pipeline, encodes the JPEG once, and hands the
-result back to the event loop.
+manager (so there is no queue to grow), runs the pipeline, converts the image to RGB pixels once (for
+the JPEG encoder and the outputs), encodes the JPEG once, and hands the result back to the event loop.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from pipelines.base import Pipeline
-from server.imaging import encode_jpeg
+from server.imaging import encode_jpeg, rgb_pixels
 from server.sessions import Frame, Session, SessionManager
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class Result:
     started_at: float
     finished_at: float
     jpeg: bytes | None = None
+    pixels: np.ndarray | None = None  # the same frame as RGB pixels (read-only), for the outputs
     error: str | None = None
 
 
@@ -80,7 +82,8 @@ class Worker:
             image = self.pipeline.predict(frame.params, frame.image)
             if self.safety_checker is not None:
                 image = self.safety_checker(image)
-            result = Result(frame, started_at, 0.0, jpeg=encode_jpeg(image, self.jpeg_quality))
+            pixels = rgb_pixels(image)
+            result = Result(frame, started_at, 0.0, jpeg=encode_jpeg(pixels, self.jpeg_quality), pixels=pixels)
         except Exception as error:  # the client hears of it; the next frame is tried again
             log.exception("session %s: generating a frame failed", session.short_id)
             if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():

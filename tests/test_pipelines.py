@@ -1,0 +1,311 @@
+"""Every pipeline, with miniature models, through the same contract: in-process, and streaming through
+the real server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from PIL import Image, ImageDraw
+from pydantic import ValidationError
+
+import pipelines
+from pipelines import common, tiny
+from tests.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+
+ALL = pipelines.available()
+IMAGE_PIPELINES = [name for name in ALL if pipelines.load_module(name).Info().input_mode == "image"]
+
+
+def size_for(name: str) -> dict[str, int]:
+    low = pipelines.load_module(name).InputParams.model_fields["width"].metadata
+    smallest = min(m.ge for m in low if hasattr(m, "ge"))
+    return {"width": smallest, "height": smallest + 64}
+
+
+def camera_frame(seed: int = 0) -> Image.Image:
+    """A frame with shapes, so edge detectors and encoders have something to see."""
+    rng = np.random.default_rng(seed)
+    image = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((40 + seed * 10, 40, 200, 180), fill=(250, 250, 250))
+    draw.ellipse((150, 60, 300, 220), fill=(10, 10, 10))
+    return image
+
+
+_loaded: dict[str, pipelines.Pipeline] = {}
+
+
+def load(name: str) -> pipelines.Pipeline:
+    if name not in _loaded:
+        _loaded[name] = pipelines.load(name, tiny=True, dtype="float32")
+    return _loaded[name]
+
+
+def run(pipe: pipelines.Pipeline, name: str, image: Image.Image | None = None, **values) -> np.ndarray:
+    params = pipe.InputParams(**{**size_for(name), **values})
+    is_image = pipelines.load_module(name).Info().input_mode == "image"
+    return np.asarray(pipe.predict(params, (image or camera_frame()) if is_image else None), dtype=np.int16)
+
+
+def differs(a: np.ndarray, b: np.ndarray) -> bool:
+    # Pipelines are deterministic (tested below), so any real difference comes from the change;
+    # random miniature weights make some differences small.
+    return a.shape == b.shape and np.abs(a - b).mean() > 0.05
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_output_has_the_requested_size_and_is_reproducible(name):
+    pipe = load(name)
+    first = run(pipe, name, seed=7)
+    size = size_for(name)
+    assert first.shape == (size["height"], size["width"], 3)
+    assert np.array_equal(first, run(pipe, name, seed=7))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_prompt_and_seed_change_the_output(name):
+    pipe = load(name)
+    base = run(pipe, name, prompt="a red house", seed=1)
+    assert differs(base, run(pipe, name, prompt="a blue whale in the deep sea", seed=1))
+    assert differs(base, run(pipe, name, prompt="a red house", seed=2))
+
+
+@pytest.mark.parametrize("name", IMAGE_PIPELINES)
+def test_strength_and_the_input_frame_change_the_output(name):
+    pipe = load(name)
+    base = run(pipe, name, strength=0.5)
+    assert differs(base, run(pipe, name, strength=0.9))
+    assert differs(base, run(pipe, name, image=camera_frame(5), strength=0.5))
+
+
+@pytest.mark.parametrize("name", IMAGE_PIPELINES)
+def test_prompt_embeddings_are_cached_across_frames(name):
+    pipe = load(name)
+    run(pipe, name, prompt="a cached prompt")
+    misses = pipe.prompts.misses
+    for seed in range(3):
+        run(pipe, name, image=camera_frame(seed), prompt="a cached prompt")
+    assert pipe.prompts.misses == misses
+    run(pipe, name, prompt="a new prompt")
+    assert pipe.prompts.misses == misses + 1
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_parameters_are_refused_by_name(name):
+    params = load(name).InputParams
+    for values, field in [({"steps": 0}, "steps"), ({"width": 4000}, "width"), ({"guidance_scale": 9}, "guidance_scale")]:
+        with pytest.raises(ValidationError) as error:
+            params(**values)
+        assert error.value.errors()[0]["loc"] == (field,)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_compel_weights_change_the_embeddings(name):
+    prompts = load(name).prompts
+    plain, weighted = prompts("a red cat"), prompts("a (red)++ cat")
+    assert not torch.equal(plain.embeds, weighted.embeds)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_guidance_above_one_uses_the_negative_prompt(name):
+    pipe = load(name)
+    a = run(pipe, name, guidance_scale=1.5, negative_prompt="")
+    b = run(pipe, name, guidance_scale=1.5, negative_prompt="dark, gloomy, grey")
+    assert differs(a, b)
+    c = run(pipe, name, guidance_scale=0.5, negative_prompt="")
+    d = run(pipe, name, guidance_scale=0.5, negative_prompt="dark, gloomy, grey")
+    assert np.array_equal(c, d)
+
+
+def test_sdxl_has_pooled_and_negative_pooled_embeddings():
+    embeds = load("img2img_sdxl_lcm_lora").prompts("a cat", "a dog")
+    assert embeds.pooled is not None and embeds.negative_pooled is not None
+    assert embeds.pooled.shape == embeds.negative_pooled.shape
+    assert not torch.equal(embeds.pooled, embeds.negative_pooled)
+
+
+def test_sdxl_loads_its_lcm_lora_fused():
+    # The miniature LCM-LoRA is fused: no adapter layers remain, the weights changed.
+    pipe = load("img2img_sdxl_lcm_lora").pipe
+    assert pipe.get_list_adapters() == {}
+    plain = tiny.tiny_sdxl()["unet"]
+    assert not torch.equal(
+        plain.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight,
+        pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q.weight,
+    )
+
+
+def test_sd_turbo_runs_one_unet_call_without_guidance():
+    pipe = load("img2img_sd_turbo")
+    batches = []
+    hook = pipe.pipe.unet.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
+    try:
+        run(pipe, "img2img_sd_turbo")
+    finally:
+        hook.remove()
+    assert batches == [1]
+
+
+def test_canny_thresholds_and_the_edge_map():
+    module = pipelines.load_module("controlnet_canny")
+    with pytest.raises(ValidationError, match="canny_low .200. must not exceed canny_high .100."):
+        module.InputParams(canny_low=200, canny_high=100)
+    with pytest.raises(ValidationError, match="control_start"):
+        module.InputParams(control_start=0.8, control_end=0.2)
+    edges = module.canny(camera_frame(), 100, 200)
+    assert set(np.unique(edges)) == {0, 255}
+    assert np.count_nonzero(module.canny(Image.new("RGB", (64, 64), (90, 90, 90)), 100, 200)) == 0  # flat: no NaN, no edges
+
+
+def test_controlnet_follows_the_edges_and_can_show_them():
+    pipe = load("controlnet_canny")
+    base = run(pipe, "controlnet_canny", controlnet_scale=1.0)
+    assert differs(base, run(pipe, "controlnet_canny", controlnet_scale=0.0))
+    # Faint shapes show up as edges only with low thresholds.
+    faint = Image.new("RGB", (320, 240), (100, 100, 100))
+    ImageDraw.Draw(faint).rectangle((60, 60, 260, 180), fill=(130, 130, 130))
+    strict = run(pipe, "controlnet_canny", image=faint, canny_low=100, canny_high=200)
+    assert differs(strict, run(pipe, "controlnet_canny", image=faint, canny_low=10, canny_high=20))
+    debug = run(pipe, "controlnet_canny", controlnet_scale=1.0, debug_canny=True)
+    h, w = debug.shape[:2]
+    corner = debug[h - h // 4 :, w - w // 4 :]
+    assert set(np.unique(corner)) <= set(range(0, 256)) and np.array_equal(corner[..., 0], corner[..., 1])
+    assert np.array_equal(debug[: h // 2, : w // 2], base[: h // 2, : w // 2])
+
+
+def save_tiny_lora(folder, unet) -> None:
+    lora = {k.removeprefix("unet."): v for k, v in tiny.tiny_lora(unet, seed=11).items()}
+    StableDiffusionImg2ImgPipeline.save_lora_weights(str(folder), unet_lora_layers=lora)
+
+
+def test_lora_changes_the_output_and_weight_zero_is_the_base(tmp_path):
+    save_tiny_lora(tmp_path, load("img2img").pipe.unet)
+    base = run(load("img2img"), "img2img", seed=3)
+    with_lora = pipelines.load("img2img", tiny=True, dtype="float32", loras=(f"{tmp_path}:1.0",))
+    assert "lora_scale" in with_lora.InputParams.model_fields
+    assert differs(base, run(with_lora, "img2img", seed=3))
+    assert np.abs(run(with_lora, "img2img", seed=3, lora_scale=0.0) - base).max() <= 1
+    weight_zero = pipelines.load("img2img", tiny=True, dtype="float32", loras=(f"{tmp_path}:0",))
+    assert np.abs(run(weight_zero, "img2img", seed=3) - base).max() <= 1
+    fused = pipelines.load("img2img", tiny=True, dtype="float32", loras=(str(tmp_path / "pytorch_lora_weights.safetensors"),), fuse_loras=True)
+    assert "lora_scale" not in fused.InputParams.model_fields
+    assert np.abs(run(fused, "img2img", seed=3) - run(with_lora, "img2img", seed=3)).max() <= 2
+
+
+def test_lora_spec_parsing():
+    assert common.LoraSpec.parse("user/style-lora") == common.LoraSpec("user/style-lora", 1.0)
+    assert common.LoraSpec.parse("user/style-lora:0.7") == common.LoraSpec("user/style-lora", 0.7)
+    assert common.LoraSpec.parse("C:/loras/x.safetensors") == common.LoraSpec("C:/loras/x.safetensors", 1.0)
+
+
+def test_a_model_of_another_family_fails_clearly(tmp_path):
+    from diffusers import LCMScheduler, StableDiffusionXLImg2ImgPipeline
+
+    StableDiffusionXLImg2ImgPipeline(**tiny.tiny_sdxl(), scheduler=LCMScheduler(**common.SD_BETAS)).save_pretrained(tmp_path)
+    with pytest.raises(common.ModelMismatch, match="does not fit this Stable Diffusion 1.x/2.x pipeline"):
+        pipelines.load("img2img", model_id=str(tmp_path), taesd=False)
+
+
+def test_sdxl_single_file_checkpoint_loads(tmp_path):
+    from diffusers import LCMScheduler, StableDiffusionXLImg2ImgPipeline
+
+    source = StableDiffusionXLImg2ImgPipeline(**tiny.tiny_sdxl(seed=4), scheduler=LCMScheduler(**common.SD_BETAS))
+    source.save_pretrained(tmp_path / "config")
+    tiny.save_single_file(source, str(tmp_path / "model.safetensors"))
+    pipe = pipelines.load(
+        "img2img_sdxl_lcm_lora", dtype="float32", taesd=False,
+        model_id=str(tmp_path / "model.safetensors"), model_config_id=str(tmp_path / "config"),
+    )
+    assert run(pipe, "img2img_sdxl_lcm_lora").shape == (576, 512, 3)
+
+
+# --- through the real server ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_pipeline_streams_through_the_server(name):
+    with run_server("--tiny", "--pipeline", name) as server:
+
+        async def scenario():
+            client = Client(server)
+            await client.connect()
+            async with httpx.AsyncClient(timeout=60) as http:
+                settings = (await http.get(f"{server.http}/api/settings")).json()
+                assert settings["info"]["properties"]["name"]["default"] == name
+                stream = mjpeg_frames(server, client.user_id, http)
+                size = size_for(name)
+                text = settings["info"]["properties"]["input_mode"]["default"] == "text"
+                pump = asyncio.create_task(client.pump(size) if not text else text_pump(client, size))
+                frames = await take(stream, 2)
+                pump.cancel()
+            await client.close()
+            assert {jpeg_size(f) for f in frames} == {(size["width"], size["height"])}
+
+        asyncio.run(scenario())
+
+
+async def text_pump(client: Client, size: dict[str, int]) -> None:
+    """A text-pipeline client: parameters only, a new seed each time, so every request generates."""
+    seed = 0
+    while True:
+        message = await client.recv(60)
+        if message["status"] == "send_frame":
+            seed += 1
+            await client.send_frame({**size, "seed": seed}, None)
+
+
+def test_text_pipeline_generates_only_when_parameters_change():
+    with run_server("--tiny", "--pipeline", "txt2img") as server:
+
+        async def scenario():
+            client = Client(server)
+            await client.connect()
+            async with httpx.AsyncClient(timeout=60) as http:
+                stream = mjpeg_frames(server, client.user_id, http)
+                pump = asyncio.create_task(client.pump({"prompt": "a lighthouse", "width": 256, "height": 256}))
+                await take(stream, 1)
+                await asyncio.sleep(1.5)  # the page keeps answering send_frame with the same parameters
+                generated = server.health()["frames_generated"]
+                pump.cancel()
+                assert generated == 2  # the warm-up frame and one frame for the page
+                requests = 0
+                while True:  # the server kept asking (slowly), so a change is picked up
+                    try:
+                        message = await client.recv(1)
+                    except asyncio.TimeoutError:
+                        break
+                    if message["status"] == "send_frame":
+                        requests += 1
+                        await client.send_frame({"prompt": "a windmill", "width": 256, "height": 256}, None)
+                        break
+                assert requests == 1
+                await take(stream, 1)
+                assert server.health()["frames_generated"] == 3
+            await client.close()
+
+        asyncio.run(scenario())
+
+
+def test_server_loads_a_lora_from_the_command_line(tmp_path):
+    save_tiny_lora(tmp_path, tiny.tiny_sd15(lcm=True)["unet"])
+    with run_server("--tiny", "--lora", f"{tmp_path}:0.8") as server:
+        settings = httpx.get(f"{server.http}/api/settings").json()
+        assert settings["input_params"]["properties"]["lora_scale"]["field"] == "range"
+        server.wait_for_log("Loading LoRA")
+
+        async def scenario():
+            client = Client(server)
+            await client.connect()
+            async with httpx.AsyncClient(timeout=60) as http:
+                stream = mjpeg_frames(server, client.user_id, http)
+                pump = asyncio.create_task(client.pump({"width": 256, "height": 256, "lora_scale": 0.5}))
+                assert len(await take(stream, 1)) == 1
+                pump.cancel()
+            await client.close()
+
+        asyncio.run(scenario())
