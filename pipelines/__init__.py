@@ -41,9 +41,12 @@ def load_module(name: str) -> ModuleType:
     """
     if "." in name:
         try:
-            return importlib.import_module(name)
-        except ModuleNotFoundError:
+            module = importlib.import_module(name)
+        except (ImportError, TypeError, ValueError):  # no such module, or not a module name at all
             raise UnknownPipeline(name) from None
+        if not all(hasattr(module, part) for part in ("Info", "InputParams", "Pipeline")):
+            raise UnknownPipeline(name)
+        return module
     if name not in available():
         raise UnknownPipeline(name)
     return importlib.import_module(f"{__name__}.{name}")

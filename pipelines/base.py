@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     import torch
@@ -46,6 +46,14 @@ class ParamsModel(BaseModel):
     """Base of every `InputParams`: unknown keys and out-of-range values are errors, never clamped."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=_add_widget_ids)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 for an int field; a client sending it has a bug worth hearing about.
+        if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
+            raise ValueError("Input should be a number, not a boolean")
+        return value
 
 
 def prompt_field(default: str, title: str = "Prompt", *, hide: bool = False, max_chars: int = MAX_PROMPT_CHARS) -> Any:

@@ -105,10 +105,20 @@ def load_pipeline(cls: Any, model_id: str, dtype: torch.dtype, config_id: str = 
         log.info("Loading single-file checkpoint %s", path)
         if config_id and not Path(config_id).expanduser().is_dir():
             ensure_hub_model(config_id)
-        return cls.from_single_file(str(path), torch_dtype=dtype, config=config_id or None, **kwargs)
+        try:
+            return cls.from_single_file(str(path), dtype=dtype, config=config_id or None, **kwargs)
+        except OSError as error:
+            if config_id:
+                raise
+            # diffusers looks for the configs of the checkpoint's base model on the hub.
+            raise ModelUnavailable(
+                f"Single-file checkpoint {model_id!r} needs the configs of its base model, which are not in the "
+                "local cache and cannot be downloaded. Pass --model-config-id with a local diffusers folder (or "
+                f"cached hub id) of the same architecture, or connect to the hub. ({type(error).__name__})"
+            ) from None
     if path.is_dir():
         log.info("Loading diffusers folder %s", path)
-        return cls.from_pretrained(str(path), torch_dtype=dtype, **kwargs)
+        return cls.from_pretrained(str(path), dtype=dtype, **kwargs)
     if path.exists() or model_id.startswith((".", "/", "~")) or model_id.endswith(SINGLE_FILE_SUFFIXES):
         raise ModelUnavailable(
             f"--model-id {model_id!r}: expected a hub id, a diffusers folder or a "
@@ -116,14 +126,14 @@ def load_pipeline(cls: Any, model_id: str, dtype: torch.dtype, config_id: str = 
         )
     ensure_hub_model(model_id)
     log.info("Loading %s from the Hugging Face hub cache (downloading what is missing)", model_id)
-    return cls.from_pretrained(model_id, torch_dtype=dtype, **kwargs)
+    return cls.from_pretrained(model_id, dtype=dtype, **kwargs)
 
 
 def load_model(cls: Any, model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
     """Load one model (an autoencoder, a ControlNet) from a hub id or a local folder."""
     if not Path(model_id).expanduser().is_dir():
         ensure_hub_model(model_id)
-    return cls.from_pretrained(model_id, torch_dtype=dtype, **kwargs)
+    return cls.from_pretrained(model_id, dtype=dtype, **kwargs)
 
 
 def swap_in_taesd(pipe: Any, options: ModelOptions, repo: str, build_tiny: Callable[[], Any]) -> None:
@@ -135,7 +145,7 @@ def swap_in_taesd(pipe: Any, options: ModelOptions, repo: str, build_tiny: Calla
 
 
 def _cast(model: Any, dtype: torch.dtype) -> Any:
-    # What from_pretrained(torch_dtype=...) does for loaded models; diffusers' own .to() warns about it.
+    # What from_pretrained(dtype=...) does for loaded models; diffusers' own .to() warns about it.
     return torch.nn.Module.to(model, dtype=dtype)
 
 

@@ -17,6 +17,7 @@ if str(REPO_ROOT) not in sys.path:  # `python server/main.py` from any working d
     sys.path.insert(0, str(REPO_ROOT))
 
 import uvicorn  # noqa: E402
+from pydantic import ValidationError  # noqa: E402
 
 from server.config import Config, parse  # noqa: E402
 
@@ -90,7 +91,13 @@ def _warm_up(module: Any, pipeline: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        config = parse(sys.argv[1:] if argv is None else argv)
+    except ValidationError as error:  # a flag or environment value out of its range: a usage error
+        for problem in error.errors():
+            option = "--" + "-".join(str(part) for part in problem["loc"]).replace("_", "-") if problem["loc"] else "options"
+            print(f"{Path(sys.argv[0]).name}: error: {option}: {problem['msg']}", file=sys.stderr)
+        return 2
     setup_logging(config.log_level)
 
     import pipelines
