@@ -246,6 +246,7 @@ class Conversation:
             self.params = params
             self.expecting = "image"
         else:
+            self.expecting = "status"
             self._accept(session, Frame(params, None))
 
     async def _on_binary(self, session: Session, data: bytes) -> None:

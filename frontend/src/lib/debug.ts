@@ -1,0 +1,13 @@
+/** A read-only view of the page's state for the end-to-end tests (window.__liveDiffusion). */
+export interface DebugHandle {
+	/** readyState of every track the page ever opened ("live" or "ended"). */
+	tracks(): { kind: string; label: string; readyState: string }[];
+	/** readyState of the current websocket or null (0 connecting, 1 open, 2 closing, 3 closed). */
+	socketState(): number | null;
+	/** State of the session: idle, connecting, live, stopping. */
+	state(): string;
+	framesShown(): number;
+	/** The user id of the current or last session. */
+	userId(): string;
+	framesSent(): number;
+}
