@@ -1,0 +1,95 @@
+"""A self-signed development certificate, so phones on the LAN can use their cameras: browsers give
+cameras only to https pages (or localhost).
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import socket
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+log = logging.getLogger(__name__)
+
+DEFAULT_FOLDER = Path.home() / ".cache" / "live-diffusion" / "tls"
+VALID_DAYS = 365
+RENEW_DAYS = 7  # make a new one this long before it expires
+
+
+def machine_names() -> list[str]:
+    names = {"localhost", socket.gethostname(), socket.getfqdn()}
+    return sorted(name for name in names if name)
+
+
+def machine_addresses() -> list[str]:
+    """The IP addresses of this machine's network interfaces (read locally; nothing is sent)."""
+    import psutil
+
+    addresses = {"127.0.0.1", "::1"}
+    for interface in psutil.net_if_addrs().values():
+        for address in interface:
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                addresses.add(address.address.split("%")[0])  # drop an IPv6 zone
+    return sorted(addresses)
+
+
+def lan_addresses() -> list[str]:
+    """IPv4 addresses other machines can use to reach this one."""
+    return [a for a in machine_addresses() if ipaddress.ip_address(a).version == 4 and not ipaddress.ip_address(a).is_loopback]
+
+
+def _covers(certificate: x509.Certificate, names: list[str], addresses: list[str]) -> bool:
+    try:
+        alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    has_names = set(alt.get_values_for_type(x509.DNSName))
+    has_addresses = {str(a) for a in alt.get_values_for_type(x509.IPAddress)}
+    fresh = certificate.not_valid_after_utc - datetime.timedelta(days=RENEW_DAYS) > datetime.datetime.now(datetime.UTC)
+    return fresh and set(names) <= has_names and {str(ipaddress.ip_address(a)) for a in addresses} <= has_addresses
+
+
+def self_signed_certificate(folder: Path = DEFAULT_FOLDER) -> tuple[Path, Path]:
+    """(certificate, key) PEM files for this machine's names and addresses, made once and reused
+    while they still cover them and are not about to expire."""
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    names, addresses = machine_names(), machine_addresses()
+    if cert_path.is_file() and key_path.is_file():
+        if _covers(x509.load_pem_x509_certificate(cert_path.read_bytes()), names, addresses):
+            return cert_path, key_path
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Live Diffusion on {socket.gethostname()}")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=VALID_DAYS))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    key_path.chmod(0o600)
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    log.info("Made a self-signed certificate for %s in %s", ", ".join(names + addresses), folder)
+    return cert_path, key_path
