@@ -143,3 +143,6 @@ class ModelOptions(BaseModel):
     loras: tuple[str, ...] = Field((), description="LoRAs to load: ID_OR_PATH[:WEIGHT] each")
     fuse_loras: bool = Field(False, description="Fuse the LoRAs into the weights (faster, no live lora_scale)")
     controlnet_id: str = Field("", description="ControlNet override: hub id or local folder")
+    lcm_lora_id: str = Field(
+        "", description="LCM-LoRA override for pipelines that fuse one: hub id, folder or file; 'none' for models distilled already"
+    )

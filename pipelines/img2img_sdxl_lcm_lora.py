@@ -66,7 +66,10 @@ class Pipeline:
             tiny_components=lambda: {**tiny.tiny_sdxl(), "scheduler": LCMScheduler(**common.SD_BETAS)},
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
-        common.fuse_lora(self.pipe, tiny.tiny_lora(self.pipe.unet) if config.tiny else LCM_LORA_ID, "lcm")
+        if config.tiny:
+            common.fuse_lora(self.pipe, tiny.tiny_lora(self.pipe.unet), "lcm")
+        elif config.lcm_lora_id != "none":  # 'none': an SDXL model that is fast already (LCM, Turbo, Lightning)
+            common.fuse_lora(self.pipe, config.lcm_lora_id or LCM_LORA_ID, "lcm")
         self.loras = common.Loras(self.pipe, config.loras, fuse=config.fuse_loras)
         self.InputParams = self.loras.params_type(InputParams)
         if config.taesd:

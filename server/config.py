@@ -36,6 +36,9 @@ class Config(BaseSettings):
     )
     fuse_loras: bool = Field(False, description="Fuse the LoRAs into the weights: faster frames, no live lora_scale")
     controlnet_id: str = Field("", description="ControlNet override for ControlNet pipelines: hub id or local folder")
+    lcm_lora_id: str = Field(
+        "", description="LCM-LoRA override (img2img_sdxl_lcm_lora): hub id, folder or file; 'none' for an already fast model"
+    )
     tiny: bool = Field(False, description="Miniature random models built in code: no GPU or hub needed, output is noise")
 
     # where and how it runs
@@ -68,7 +71,9 @@ class Config(BaseSettings):
     ndi_name: str = Field(
         "Live Diffusion", min_length=1, max_length=100, description="NDI source name; the short session id is appended"
     )
-    syphon: bool = Field(False, description="Publish each streaming session as a Syphon server (macOS; pip install .[syphon])")
+    syphon: bool = Field(
+        False, description="Publish each streaming session as a Syphon server (macOS; pip install .[syphon])"
+    )
     syphon_name: str = Field(
         "Live Diffusion", min_length=1, max_length=100, description="Syphon server name; the short session id is appended"
     )
@@ -76,6 +81,9 @@ class Config(BaseSettings):
     # TLS: browsers only give cameras to https pages (or localhost)
     ssl_certfile: str = Field("", description="TLS certificate file (PEM) to serve https")
     ssl_keyfile: str = Field("", description="TLS private key file (PEM) for --ssl-certfile")
+    self_signed: bool = Field(
+        False, description="Serve https with a self-signed development certificate for this machine (phones on the LAN)"
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level")
 
@@ -83,6 +91,8 @@ class Config(BaseSettings):
     def _tls_needs_both(self) -> Config:
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        if self.self_signed and self.ssl_certfile:
+            raise ValueError("--self-signed makes its own certificate: leave out --ssl-certfile and --ssl-keyfile")
         return self
 
     def model_options(self) -> ModelOptions:
@@ -98,6 +108,7 @@ class Config(BaseSettings):
             loras=tuple(self.lora),
             fuse_loras=self.fuse_loras,
             controlnet_id=self.controlnet_id,
+            lcm_lora_id=self.lcm_lora_id,
         )
 
 

@@ -40,8 +40,16 @@ class Server(uvicorn.Server):
             host = self.config.host
             shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
             log.info("Open %s://%s:%d", self.scheme, shown, port)
-            if host in ("0.0.0.0", "::"):
-                log.info("Listening on all interfaces: other machines use this machine's address, port %d", port)
+            if host not in ("0.0.0.0", "::"):
+                if self.scheme == "https":
+                    log.info("Only this machine can connect: add --host 0.0.0.0 for phones on the LAN")
+                return
+            from server.tls import lan_addresses
+
+            for address in lan_addresses():
+                log.info("On a phone or another machine: %s://%s:%d", self.scheme, address, port)
+            if self.scheme == "http":
+                log.info("Browsers give cameras only to https pages: add --self-signed for phones")
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         self.live.begin_shutdown()
@@ -128,14 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (FRONTEND_BUILD / "index.html").is_file():
         log.warning("The web page is not built (%s missing): run ./build-run.sh, or "
                     "npm --prefix frontend ci && npm --prefix frontend run build", FRONTEND_BUILD / "index.html")
-    tls = bool(config.ssl_certfile)
+    certfile, keyfile = config.ssl_certfile, config.ssl_keyfile
+    if config.self_signed:
+        from server.tls import self_signed_certificate
+
+        certfile, keyfile = (str(path) for path in self_signed_certificate())
+    tls = bool(certfile)
     server = Server(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
-            ssl_certfile=config.ssl_certfile or None,
-            ssl_keyfile=config.ssl_keyfile or None,
+            ssl_certfile=certfile or None,
+            ssl_keyfile=keyfile or None,
             ws_max_size=config.max_frame_bytes * 2,  # larger frames get a clear error, not a dropped socket
             timeout_graceful_shutdown=1,
             log_config=None,

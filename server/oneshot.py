@@ -159,11 +159,15 @@ class OneShot:
         limit = self.max_frame_bytes + FORM_OVERHEAD_BYTES
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise HTTPException(413, f"Request is {declared} bytes; the limit is {limit} (--max-frame-bytes plus the form)")
+            raise HTTPException(
+                413, f"Request is {declared} bytes; the limit is {limit} (--max-frame-bytes plus the form)"
+            )
         body = _capped(request.stream(), limit)
         parser: MultiPartParser | FormParser
         if content_type == "multipart/form-data":
-            parser = MultiPartParser(request.headers, body, max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+            parser = MultiPartParser(
+                request.headers, body, max_files=1, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES
+            )
             parser.spool_max_size = limit  # the image stays in memory: no file I/O on the event loop
         else:  # parameters only: text pipelines (an image pipeline hears that the image is missing)
             parser = FormParser(request.headers, body, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
@@ -179,7 +183,9 @@ class OneShot:
         for name, value in form.multi_items():
             if name == FILE_FIELD:
                 if not isinstance(value, UploadFile):
-                    raise HTTPException(400, f"The {FILE_FIELD!r} field must be a file upload (curl: -F {FILE_FIELD}=@photo.jpg)")
+                    raise HTTPException(
+                        400, f"The {FILE_FIELD!r} field must be a file upload (curl: -F {FILE_FIELD}=@photo.jpg)"
+                    )
                 upload = value
             elif isinstance(value, UploadFile):
                 raise HTTPException(400, f"Unexpected file in the field {name!r}: send the image in {FILE_FIELD!r}")

@@ -173,9 +173,12 @@ class Client:
                 self.messages.append(message)
 
 
-async def mjpeg_frames(server: RunningServer, user_id: str, http: httpx.AsyncClient) -> AsyncIterator[bytes]:
-    """The JPEG parts of /api/stream/{user_id}, parsed as any multipart reader would."""
-    async with http.stream("GET", f"{server.http}/api/stream/{user_id}") as response:
+async def mjpeg_frames(
+    server: RunningServer, user_id: str, http: httpx.AsyncClient, path: str = "stream"
+) -> AsyncIterator[bytes]:
+    """The JPEG parts of /api/stream/{user_id} (or /api/view/{token} with path="view"), parsed as any
+    multipart reader would."""
+    async with http.stream("GET", f"{server.http}/api/{path}/{user_id}") as response:
         assert response.status_code == 200, response.status_code
         assert response.headers["content-type"] == "multipart/x-mixed-replace;boundary=frame"
         buffer = b""

@@ -15,10 +15,12 @@ encoder, read-only); each output converts them to its own format on its own thre
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 import weakref
 from abc import ABC, abstractmethod
+from collections import deque
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
@@ -29,8 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RATE_INTERVAL_S = 5.0  # a longer gap between frames is a pause (the stream was closed), not a rate
-RATE_SMOOTHING = 0.2
+RATE_WINDOW = 9  # intervals the frame rate is the median of
 
 
 class OutputUnavailable(Exception):
@@ -57,24 +58,22 @@ class Output(ABC):
 
 
 class FrameRate:
-    """The rate frames arrive at, in frames per second: a moving average of the intervals."""
+    """The rate frames arrive at, in frames per second: 1 / the median of the last few intervals, so a
+    pause (the stream closed a while) or a hiccup does not count and a real change shows within a few
+    frames. The first interval is measured from the stream's start: about one frame time."""
 
     def __init__(self) -> None:
         self._last: float | None = None
-        self._interval: float | None = None
+        self._intervals: deque[float] = deque(maxlen=RATE_WINDOW)
 
     def start(self, now: float) -> None:
-        # The first frame's interval is measured from here (the stream's start): about one frame time.
         self._last = now
 
     def tick(self, now: float) -> float | None:
-        if self._last is not None:
-            interval = now - self._last
-            if 0 < interval <= MAX_RATE_INTERVAL_S:
-                previous = self._interval
-                self._interval = interval if previous is None else previous + RATE_SMOOTHING * (interval - previous)
+        if self._last is not None and now > self._last:
+            self._intervals.append(now - self._last)
         self._last = now
-        return 1.0 / self._interval if self._interval else None
+        return 1.0 / statistics.median(self._intervals) if self._intervals else None
 
 
 class ThreadedOutput(Output):
