@@ -24,8 +24,12 @@ if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
     "${pip[@]}" install "${TORCH_SPEC:-torch}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
   else
     echo "setup: no NVIDIA GPU: installing the CPU build of torch"
-    "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}" --index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}" \
-      || "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
+    index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
+    if "$venv/bin/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)" "$index/torch/" 2>/dev/null; then
+      "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}" --index-url "$index" --extra-index-url https://pypi.org/simple
+    else  # PyTorch's index is out of reach: whatever the package index offers (a mirror or wheel cache)
+      "${pip[@]}" install "${TORCH_SPEC:-torch==2.13.0}"
+    fi
   fi
 fi
 
