@@ -116,8 +116,28 @@ def select_field(default: str, values: list[str], title: str, *, hide: bool = Fa
     return Field(default, title=title, json_schema_extra={"field": "select", "values": values, "hide": hide})
 
 
+# What may differ between the frames of one batch; every other parameter is shared by the batch.
+PER_FRAME_PARAMS = frozenset({"prompt", "negative_prompt", "seed"})
+
+
+def batch_key(params: ParamsModel) -> tuple[tuple[str, Any], ...]:
+    """Frames (of one user or several) can run as one batch when their keys are equal."""
+    return tuple((name, value) for name, value in params.model_dump().items() if name not in PER_FRAME_PARAMS)
+
+
+class BatchPipeline:
+    """Base of pipelines that run several frames as one batch: `predict_batch` does the work, for
+    frames whose `batch_key` is equal; `predict` is a batch of one."""
+
+    def predict(self, params: ParamsModel, image: Image.Image | None = None) -> Image.Image:
+        return self.predict_batch([params], [image])[0]
+
+    def predict_batch(self, batch: list[Any], images: list[Any]) -> list[Image.Image]:
+        raise NotImplementedError
+
+
 class Pipeline(Protocol):
-    """What the server needs from a pipeline's `Pipeline` class."""
+    """What the server needs from a pipeline's `Pipeline` class (`predict_batch` is optional)."""
 
     InputParams: ClassVar[type[ParamsModel]]
 

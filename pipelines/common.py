@@ -9,9 +9,9 @@ import logging
 import os
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -244,18 +244,18 @@ def crop_to_fill(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
-def image_to_tensor(image: Image.Image, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """PIL RGB -> 1x3xHxW in [-1, 1], channels_last."""
-    array = np.array(image.convert("RGB"))  # a writable copy: torch refuses to wrap read-only memory
-    tensor = torch.from_numpy(array).to(device).permute(2, 0, 1).unsqueeze(0)
+def images_to_tensor(images: Sequence[Image.Image], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """PIL RGB images of one size -> Nx3xHxW in [-1, 1], channels_last."""
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images])  # a new, writable array
+    tensor = torch.from_numpy(array).to(device).permute(0, 3, 1, 2)
     tensor = tensor.to(dtype=dtype).div_(127.5).sub_(1.0)
     return tensor.contiguous(memory_format=torch.channels_last)
 
 
-def tensor_to_image(tensor: torch.Tensor) -> Image.Image:
-    """1x3xHxW in [-1, 1] -> PIL RGB."""
-    array = (tensor[0].float().add(1.0).mul(127.5)).clamp(0, 255).round().to(torch.uint8)
-    return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())
+def tensor_to_images(tensor: torch.Tensor) -> list[Image.Image]:
+    """Nx3xHxW in [-1, 1] -> PIL RGB images."""
+    array = tensor.float().add(1.0).mul(127.5).clamp(0, 255).round().to(torch.uint8)
+    return [Image.fromarray(frame) for frame in array.permute(0, 2, 3, 1).cpu().numpy()]
 
 
 def encode_latents(vae: Any, image: torch.Tensor) -> torch.Tensor:
@@ -337,59 +337,73 @@ class Control:
 
 def denoise(
     pipe: Any,
-    image: torch.Tensor | None,
-    prompt: PromptEmbeds,
+    images: torch.Tensor | None,
+    prompts: Sequence[PromptEmbeds],
     *,
+    seeds: Sequence[int],
     steps: int,
     strength: float,
     guidance_scale: float,
-    seed: int,
     width: int | None = None,
     height: int | None = None,
     control: Control | None = None,
 ) -> torch.Tensor:
-    """Denoise with the pipe's unet, vae and scheduler; returns 1x3xHxW in [-1, 1].
+    """Denoise a batch of frames (one prompt and seed each, everything else shared) with the pipe's
+    unet, vae and scheduler; returns Nx3xHxW in [-1, 1].
 
-    With an image: encode it, noise it to `strength`, run int(n * strength) steps of an n-step
-    schedule (at least one), decode. With `image=None` (text to image): start from pure noise of
+    With images: encode them, noise them to `strength`, run int(n * strength) steps of an n-step
+    schedule (at least one), decode. With `images=None` (text to image): start from pure noise of
     width x height and run all `steps`. Guidance above 1 runs classifier-free guidance against the
-    negative prompt (a second UNet pass). SDXL's pooled embeddings and size conditioning, and a
-    ControlNet, are used when given. The same inputs and seed give the same output.
+    negative prompts (a second UNet pass). SDXL's pooled embeddings and size conditioning, and a
+    ControlNet, are used when given. Each frame's output depends only on its own inputs and seed.
     """
+    lengths = [prompt.embeds.shape[1] for prompt in prompts]
+    if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
+        return _denoise_by_length(pipe, images, prompts, lengths, seeds=seeds, steps=steps, strength=strength,
+                                  guidance_scale=guidance_scale, width=width, height=height, control=control)
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = unet.device, unet.dtype
-    generator = torch.Generator(device=device).manual_seed(seed)
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
     cfg = guidance_scale > 1.0
 
-    if image is None:
+    if images is None:
         scheduler.set_timesteps(steps, device=device)
     else:
         with _quiet(scheduler):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
             scheduler.set_timesteps(timesteps=img2img_timesteps(scheduler, steps, strength), device=device)
     timesteps = scheduler.timesteps
 
-    if image is None:
-        shape = (1, unet.config.in_channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
-        latents = torch.randn(shape, generator=generator, device=device, dtype=dtype) * scheduler.init_noise_sigma
+    def noise(shape: tuple[int, ...]) -> torch.Tensor:  # each frame's noise from its own seed
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generators])
+
+    if images is None:
+        factor = pipe.vae_scale_factor
+        latents = noise((len(seeds), unet.config.in_channels, height // factor, width // factor))
+        latents = latents * scheduler.init_noise_sigma
     else:
-        latents = encode_latents(vae, image)
-        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=dtype)
-        latents = scheduler.add_noise(latents, noise, timesteps[:1])
+        latents = encode_latents(vae, images)
+        latents = scheduler.add_noise(latents, noise(latents.shape), timesteps[:1])
     out_height, out_width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
 
-    embeds = torch.cat([prompt.negative_embeds, prompt.embeds]) if cfg else prompt.embeds
+    def guided(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([*negative, *positive]) if cfg else torch.cat(positive)  # uncond first, as chunk(2) reads
+
+    embeds = guided([p.embeds for p in prompts], [p.negative_embeds for p in prompts])
     batch = embeds.shape[0]
     timestep_cond = guidance_embedding(unet, guidance_scale, batch)
     added_cond = None
-    if prompt.pooled is not None:  # SDXL: pooled text embedding and size micro-conditioning
-        pooled = torch.cat([prompt.negative_pooled, prompt.pooled]) if cfg else prompt.pooled
+    if prompts[0].pooled is not None:  # SDXL: pooled text embedding and size micro-conditioning
+        pooled = guided([p.pooled for p in prompts], [p.negative_pooled for p in prompts])
         time_ids = torch.tensor([[out_height, out_width, 0, 0, out_height, out_width]], device=device, dtype=dtype)
         added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(batch, 1)}
-    control_image = control.image.to(device=device, dtype=dtype).repeat(batch, 1, 1, 1) if control else None
+    control_image = None
+    if control is not None:
+        control_image = control.image.to(device=device, dtype=dtype)
+        control_image = torch.cat([control_image] * (batch // len(seeds)))
 
     result = latents
     for i, t in enumerate(timesteps):
-        model_input = scheduler.scale_model_input(torch.cat([latents] * batch), t)
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if cfg else latents, t)
         residuals = {}
         if control is not None and control.start <= i / len(timesteps) and (i + 1) / len(timesteps) <= control.end:
             down, mid = control.controlnet(
@@ -404,13 +418,27 @@ def denoise(
         if cfg:
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + guidance_scale * (cond - uncond)
-        out = scheduler.step(noise_pred, t, latents, generator=generator, return_dict=True)
+        out = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=True)
         latents = out.prev_sample
         # LCM's output is its denoised estimate; other schedulers end on prev_sample.
         result = getattr(out, "denoised", None)
         if result is None:
             result = latents
     return decode_latents(vae, result)
+
+
+def _denoise_by_length(pipe: Any, images: torch.Tensor | None, prompts: Sequence[PromptEmbeds], lengths: list[int],
+                       *, seeds: Sequence[int], control: Control | None, **shared: Any) -> torch.Tensor:
+    outputs: dict[int, torch.Tensor] = {}
+    for length in sorted(set(lengths)):
+        rows = [i for i, n in enumerate(lengths) if n == length]
+        part_control = None if control is None else replace(control, image=control.image[rows])
+        part = denoise(
+            pipe, None if images is None else images[rows], [prompts[i] for i in rows],
+            seeds=[seeds[i] for i in rows], control=part_control, **shared,
+        )
+        outputs.update(zip(rows, part))
+    return torch.stack([outputs[i] for i in range(len(lengths))])
 
 
 # The noise schedule every Stable Diffusion 1.x/2.x/XL model was trained with (their scheduler configs).

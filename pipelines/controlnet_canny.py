@@ -12,6 +12,7 @@ from pydantic import model_validator
 
 from pipelines import common, tiny
 from pipelines.base import (
+    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -84,7 +85,7 @@ def _tiny_components() -> dict:
     return {**components, "controlnet": tiny.tiny_controlnet(components["unet"]), "scheduler": LCMScheduler(**common.SD_BETAS)}
 
 
-class Pipeline:
+class Pipeline(BatchPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -106,23 +107,26 @@ class Pipeline:
         self.prompts = common.PromptCache(self.pipe, use_compel=config.compel)
 
     @torch.inference_mode()
-    def predict(self, params: InputParams, image: Image.Image) -> Image.Image:
-        self.loras.apply(params)
-        frame = common.crop_to_fill(image, params.width, params.height)
-        edges = canny(frame, params.canny_low, params.canny_high)
+    def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
+        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
+        self.loras.apply(shared)
+        frames = [common.crop_to_fill(image, shared.width, shared.height) for image in images]
+        edges = [canny(frame, shared.canny_low, shared.canny_high) for frame in frames]
         unet = self.pipe.unet
-        control_image = torch.from_numpy(edges).to(unet.device)[None, None].expand(1, 3, -1, -1).to(unet.dtype) / 255
+        control_image = torch.from_numpy(np.stack(edges)).to(unet.device)[:, None].expand(-1, 3, -1, -1).to(unet.dtype) / 255
         output = common.denoise(
             self.pipe,
-            common.image_to_tensor(frame, unet.device, unet.dtype),
-            self.prompts(params.prompt, params.negative_prompt),
-            steps=params.steps,
-            strength=params.strength,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed,
+            common.images_to_tensor(frames, unet.device, unet.dtype),
+            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
+            seeds=[params.seed for params in batch],
+            steps=shared.steps,
+            strength=shared.strength,
+            guidance_scale=shared.guidance_scale,
             control=common.Control(
-                self.pipe.controlnet, control_image, params.controlnet_scale, params.control_start, params.control_end
+                self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
             ),
         )
-        image = common.tensor_to_image(output)
-        return with_edges_in_corner(image, edges) if params.debug_canny else image
+        outputs = common.tensor_to_images(output)
+        if shared.debug_canny:
+            outputs = [with_edges_in_corner(image, edge) for image, edge in zip(outputs, edges)]
+        return outputs

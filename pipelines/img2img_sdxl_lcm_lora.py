@@ -9,6 +9,7 @@ from PIL import Image
 
 from pipelines import common, tiny
 from pipelines.base import (
+    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -54,7 +55,7 @@ class InputParams(ParamsModel):
     height: int = size_field(768, "Height", ge=512)
 
 
-class Pipeline:
+class Pipeline(BatchPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -80,16 +81,17 @@ class Pipeline:
         self.prompts = common.PromptCache(self.pipe, use_compel=config.compel, sdxl=True)
 
     @torch.inference_mode()
-    def predict(self, params: InputParams, image: Image.Image) -> Image.Image:
-        self.loras.apply(params)
-        frame = common.crop_to_fill(image, params.width, params.height)
+    def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
+        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
+        self.loras.apply(shared)
+        frames = [common.crop_to_fill(image, shared.width, shared.height) for image in images]
         output = common.denoise(
             self.pipe,
-            common.image_to_tensor(frame, self.pipe.unet.device, self.pipe.unet.dtype),
-            self.prompts(params.prompt, params.negative_prompt),
-            steps=params.steps,
-            strength=params.strength,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed,
+            common.images_to_tensor(frames, self.pipe.unet.device, self.pipe.unet.dtype),
+            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
+            seeds=[params.seed for params in batch],
+            steps=shared.steps,
+            strength=shared.strength,
+            guidance_scale=shared.guidance_scale,
         )
-        return common.tensor_to_image(output)
+        return common.tensor_to_images(output)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipelines import common, tiny
 from pipelines.base import (
+    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -49,7 +50,7 @@ class InputParams(ParamsModel):
     height: int = size_field(512, "Height")
 
 
-class Pipeline:
+class Pipeline(BatchPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -69,17 +70,18 @@ class Pipeline:
         self.prompts = common.PromptCache(self.pipe, use_compel=config.compel)
 
     @torch.inference_mode()
-    def predict(self, params: InputParams, image: Image.Image | None = None) -> Image.Image:
-        self.loras.apply(params)
+    def predict_batch(self, batch: list[InputParams], images: list[None]) -> list[Image.Image]:
+        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
+        self.loras.apply(shared)
         output = common.denoise(
             self.pipe,
             None,
-            self.prompts(params.prompt, params.negative_prompt),
-            steps=params.steps,
+            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
+            seeds=[params.seed for params in batch],
+            steps=shared.steps,
             strength=1.0,
-            guidance_scale=params.guidance_scale,
-            seed=params.seed,
-            width=params.width,
-            height=params.height,
+            guidance_scale=shared.guidance_scale,
+            width=shared.width,
+            height=shared.height,
         )
-        return common.tensor_to_image(output)
+        return common.tensor_to_images(output)

@@ -25,7 +25,7 @@ from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from server.metrics import Metrics
 from server.outputs import Outputs
 from server.sessions import SessionManager
-from server.worker import Worker
+from server.worker import SimilarityFilter, Worker
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class HealthResponse(BaseModel):
     users: int
     max_users: int
     frames_generated: int
+    frames_reused: int
+    batches: int
 
 
 class ViewerTokenResponse(BaseModel):
@@ -128,6 +130,10 @@ def create_app(
             lambda session, result: protocol.deliver(live.sessions, session, result),
             config.jpeg_quality,
             safety_checker,
+            max_batch=config.batch_size(device),
+            similarity_filter=(
+                SimilarityFilter(config.similarity_threshold, config.max_skips) if config.similarity_filter else None
+            ),
         )
         live.worker.start()
         yield
@@ -175,6 +181,8 @@ def create_app(
             users=len(live.sessions),
             max_users=config.max_users,
             frames_generated=live.worker.frames_done if live.worker else 0,
+            frames_reused=live.worker.frames_reused if live.worker else 0,
+            batches=live.worker.batches if live.worker else 0,
         )
 
     @app.get("/api/viewer-token/{user_id}", responses={404: {"model": oneshot.ErrorResponse}})

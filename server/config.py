@@ -63,6 +63,16 @@ class Config(BaseSettings):
 
     # frames
     jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of the output JPEG frames")
+
+    # speed
+    max_batch: int = Field(
+        0, ge=0, le=16, description="Frames of different users run as one batch, at most this many; 0: 4 on a GPU, 1 on a CPU"
+    )
+    similarity_filter: bool = Field(
+        False, description="Re-send the last output instead of running the model when the camera has barely changed"
+    )
+    similarity_threshold: float = Field(0.98, gt=0, le=1, description="Cosine similarity above which a frame counts as unchanged")
+    max_skips: int = Field(10, ge=1, description="Most frames in a row the similarity filter may skip")
     max_frame_bytes: int = Field(4_000_000, ge=1024, description="Largest input frame accepted, in bytes")
     max_frame_pixels: int = Field(4_194_304, ge=4096, description="Largest input frame accepted, in pixels (w*h)")
 
@@ -94,6 +104,13 @@ class Config(BaseSettings):
         if self.self_signed and self.ssl_certfile:
             raise ValueError("--self-signed makes its own certificate: leave out --ssl-certfile and --ssl-keyfile")
         return self
+
+    def batch_size(self, device: str) -> int:
+        """--max-batch, with 0 resolved for the device: batching pays on a GPU, not on a CPU (measured:
+        docs/benchmarks.md)."""
+        if self.max_batch:
+            return self.max_batch
+        return 1 if device.startswith("cpu") else 4
 
     def model_options(self) -> ModelOptions:
         """The part of the configuration that pipelines read."""

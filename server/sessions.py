@@ -222,21 +222,32 @@ class SessionManager:
 
     # --- worker side ---
 
-    def take(self, timeout: float) -> tuple[Session, Frame] | None:
-        """The next ready frame, sessions served in turn; None when nothing came within `timeout`."""
+    def take(
+        self, timeout: float, max_batch: int = 1, key: Callable[[ParamsModel], Any] | None = None
+    ) -> list[tuple[Session, Frame]]:
+        """The next ready frames, sessions served in turn: the first ready session's frame, plus up to
+        `max_batch - 1` frames of other ready sessions whose `key(params)` is the same (they can run as
+        one batch). Empty when nothing came within `timeout`."""
         with self._cond:
             deadline = time.monotonic() + timeout
             while True:
-                for session in self._order:
-                    if session.pending is not None and session.streaming:
+                ready = [s for s in self._order if s.pending is not None and s.streaming]
+                if ready:
+                    first_key = key(ready[0].pending.params) if key and max_batch > 1 else None
+                    chosen = [ready[0]] + [
+                        s for s in ready[1:] if first_key is not None and key(s.pending.params) == first_key
+                    ][: max_batch - 1]
+                    jobs = []
+                    for session in chosen:
                         frame, session.pending = session.pending, None
                         session.in_flight = True
                         self._order.remove(session)
                         self._order.append(session)
-                        return session, frame
+                        jobs.append((session, frame))
+                    return jobs
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._cond.wait(remaining):
-                    return None
+                    return []
 
     def wake(self) -> None:
         with self._cond:

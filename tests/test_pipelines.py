@@ -313,3 +313,40 @@ def test_server_loads_a_lora_from_the_command_line(tmp_path):
             await client.close()
 
         asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_batch_gives_each_frame_what_it_would_get_alone(name):
+    pipe = load(name)
+    is_image = name in IMAGE_PIPELINES
+    batch = [pipe.InputParams(**size_for(name), prompt=p, seed=s) for p, s in [("a red house", 1), ("a (blue)++ whale", 2)]]
+    images = [camera_frame(0), camera_frame(3)] if is_image else [None, None]
+    together = [np.asarray(i, dtype=np.int16) for i in pipe.predict_batch(batch, images)]
+    alone = [np.asarray(pipe.predict(p, i), dtype=np.int16) for p, i in zip(batch, images)]
+    for a, b in zip(together, alone):
+        assert np.abs(a - b).mean() < 0.5 and np.abs(a - b).max() <= 16  # batched float maths rounds a little differently
+    assert differs(together[0], together[1])
+
+
+def test_frames_of_several_users_run_as_one_batch():
+    with run_server("--tiny", "--max-batch", "4") as server:
+
+        async def scenario():
+            clients = [Client(server) for _ in range(3)]
+            async with httpx.AsyncClient(timeout=60) as http:
+                for client in clients:
+                    await client.connect()
+                pumps = [
+                    asyncio.create_task(c.pump({"prompt": f"user {i}", "seed": i, "width": 256, "height": 256}))
+                    for i, c in enumerate(clients)
+                ]
+                frames = await asyncio.gather(*(take(mjpeg_frames(server, c.user_id, http), 4) for c in clients))
+                for pump in pumps:
+                    pump.cancel()
+            for client in clients:
+                await client.close()
+            assert all(len(f) == 4 for f in frames)
+            health = server.health()
+            assert health["frames_generated"] > health["batches"]  # some model calls served several users
+
+        asyncio.run(scenario())

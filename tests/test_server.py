@@ -426,3 +426,38 @@ def test_grey_and_odd_sized_camera_frames_are_accepted(echo_server):
         await client.close()
 
     run(scenario())
+
+
+async def pump_changing_scene(client: Client) -> None:
+    """Answer send_frame with a scene that changes every time: dark and light in turn."""
+    scenes = [simplejpeg.encode_jpeg(np.full((240, 320, 3), level, np.uint8)) for level in (30, 220)]
+    sent = 0
+    while True:
+        if (await client.recv(60))["status"] == "send_frame":
+            await client.send_frame(SMALL, scenes[sent % 2])
+            sent += 1
+
+
+def test_similarity_filter_resends_the_output_of_an_unchanged_camera():
+    with run_server(*ECHO, "--similarity-filter", "--max-skips", "3") as server:
+
+        async def scenario():
+            client = Client(server)
+            await client.connect()
+            still = camera_jpeg(1)
+            async with httpx.AsyncClient(timeout=30) as http:
+                stream = mjpeg_frames(server, client.user_id, http)
+                pump = asyncio.create_task(client.pump(SMALL, jpeg=still))
+                frames = await take(stream, 8)
+                pump.cancel()
+                health = server.health()
+                # Every request got a frame; the model ran for one in (max skips + 1) of them.
+                assert health["frames_reused"] >= 5 and health["frames_generated"] <= 3, health
+                assert len(set(frames)) == 1
+                moving = asyncio.create_task(pump_changing_scene(client))
+                await take(stream, 4)
+                moving.cancel()
+                assert server.health()["frames_generated"] >= health["frames_generated"] + 3
+            await client.close()
+
+        asyncio.run(scenario())

@@ -1,0 +1,152 @@
+"""Full-size Stable Diffusion components with random weights, built in code (no download).
+
+The architectures (configs) are those of the models the pipelines load, written out here: compute
+cost depends on the shapes, not on the weights' values, so these measure the real per-frame cost
+on any machine, hub or not. Builders return the same dicts as `pipelines.tiny` (unet, vae,
+text_encoder, tokenizer), so the two are interchangeable in the benchmarks.
+
+| builder | stands in for |
+|---|---|
+| `sd15_unet(lcm=True)` | SimianLuo/LCM_Dreamshaper_v7 `unet` (SD1.5 UNet, LCM guidance embedding: time_cond_proj_dim 256) |
+| `sd21_unet()` | stabilityai/sd-turbo `unet` (SD2.1 UNet: 1024-wide cross attention, heads [5, 10, 20, 20], linear projections) |
+| `clip_vit_l()` | openai/clip-vit-large-patch14 text model (SD1.5's `text_encoder`) |
+| `open_clip_vit_h()` | OpenCLIP ViT-H/14 text model as SD2.x ships it (23 of its 24 layers: the penultimate is used) |
+| `controlnet(unet)` | lllyasviel/control_v11p_sd15_canny (`ControlNetModel.from_unet` of the SD1.5 UNet) |
+| `autoencoder_kl()` | the SD1.x/2.x VAE (`vae` of both models above) |
+| `taesd()` | madebyollin/taesd (`AutoencoderTiny`'s default config is TAESD's) |
+
+The tokenizer is `pipelines.tiny.tiny_tokenizer()` (byte-level, one token per character): the real
+CLIP vocabulary is not on this machine. Token ids only index the embedding table, and every
+encoder output is padded to 77 tokens as with the real tokenizer as long as the prompt fits in 75
+characters: the benchmarks use such a prompt, so the UNet sees 77-token embeddings as in production.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from pipelines import tiny
+
+SEED = 0
+
+SD15_UNET = {
+    "sample_size": 64,  # only the default image size (x8); the benchmarks pass the size they run at
+    "in_channels": 4,
+    "out_channels": 4,
+    "layers_per_block": 2,
+    "block_out_channels": (320, 640, 1280, 1280),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    "norm_num_groups": 32,
+    "norm_eps": 1e-5,
+    "act_fn": "silu",
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "downsample_padding": 1,
+    "mid_block_scale_factor": 1,
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+}
+
+SD21_UNET = {
+    **SD15_UNET,
+    "cross_attention_dim": 1024,
+    "attention_head_dim": (5, 10, 20, 20),
+    "use_linear_projection": True,
+}
+
+SD_VAE = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ("DownEncoderBlock2D",) * 4,
+    "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "block_out_channels": (128, 256, 512, 512),
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+    "act_fn": "silu",
+    "sample_size": 512,
+    "scaling_factor": 0.18215,
+}
+
+CLIP_VIT_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+              "projection_dim": 768, "hidden_act": "quick_gelu"}
+OPEN_CLIP_VIT_H = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+                   "projection_dim": 512, "hidden_act": "gelu"}
+
+
+def _ready(model: Any) -> Any:
+    return model.float().eval()
+
+
+def _seeded(seed: int):
+    return tiny._seeded(seed)  # the same RNG fencing as the miniature builders
+
+
+def sd15_unet(lcm: bool = True, seed: int = SEED) -> UNet2DConditionModel:
+    with _seeded(seed):
+        return _ready(UNet2DConditionModel(**SD15_UNET, time_cond_proj_dim=256 if lcm else None))
+
+
+def sd21_unet(seed: int = SEED) -> UNet2DConditionModel:
+    with _seeded(seed):
+        return _ready(UNet2DConditionModel(**SD21_UNET))
+
+
+def _text_encoder(spec: dict[str, Any], seed: int) -> CLIPTextModel:
+    tokenizer = tiny.tiny_tokenizer()
+    config = CLIPTextConfig(
+        vocab_size=49408,  # the real table; the byte-level tokenizer's ids (< 514) index its start
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **spec,
+    )
+    with _seeded(seed):
+        return _ready(CLIPTextModel(config))
+
+
+def clip_vit_l(seed: int = SEED) -> CLIPTextModel:
+    return _text_encoder(CLIP_VIT_L, seed)
+
+
+def open_clip_vit_h(seed: int = SEED) -> CLIPTextModel:
+    return _text_encoder(OPEN_CLIP_VIT_H, seed)
+
+
+def autoencoder_kl(seed: int = SEED) -> AutoencoderKL:
+    with _seeded(seed):
+        return _ready(AutoencoderKL(**SD_VAE))
+
+
+def taesd(seed: int = SEED) -> AutoencoderTiny:
+    with _seeded(seed):
+        return _ready(AutoencoderTiny())
+
+
+def controlnet(unet: UNet2DConditionModel, seed: int = SEED) -> ControlNetModel:
+    # No weight copy: from_unet's copies fail on an LCM UNet (its time embedding has a cond_proj that
+    # a ControlNet lacks, as the real canny ControlNet does). Random weights cost the same.
+    with _seeded(seed):
+        return _ready(ControlNetModel.from_unet(unet, load_weights_from_unet=False))
+
+
+def sd15(lcm: bool = True, seed: int = SEED) -> dict[str, Any]:
+    """Full-size LCM_Dreamshaper_v7-shaped components, as `pipelines.tiny.tiny_sd15` returns them."""
+    return {"unet": sd15_unet(lcm, seed), "vae": autoencoder_kl(seed), "text_encoder": clip_vit_l(seed),
+            "tokenizer": tiny.tiny_tokenizer()}
+
+
+def sd21(seed: int = SEED) -> dict[str, Any]:
+    """Full-size sd-turbo-shaped components, as `pipelines.tiny.tiny_sd21` returns them."""
+    return {"unet": sd21_unet(seed), "vae": autoencoder_kl(seed), "text_encoder": open_clip_vit_h(seed),
+            "tokenizer": tiny.tiny_tokenizer()}
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
