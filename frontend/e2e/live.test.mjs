@@ -106,9 +106,9 @@ async function tracksEnded(page) {
 }
 
 /** A small hash of the output image's pixels; null while there is none. */
-function outputHash(page) {
-	return page.evaluate(() => {
-		const img = document.querySelector('[data-testid=output-image]');
+function outputHash(page, selector = '[data-testid=output-image]') {
+	return page.evaluate((selector) => {
+		const img = document.querySelector(selector);
 		if (!img || !img.complete || !img.naturalWidth) return null;
 		const c = document.createElement('canvas');
 		c.width = 64;
@@ -119,7 +119,7 @@ function outputHash(page) {
 		let h = 0;
 		for (let i = 0; i < d.length; i += 3) h = (h * 31 + d[i]) >>> 0;
 		return h;
-	});
+	}, selector);
 }
 
 async function stopSession(page) {
@@ -376,6 +376,97 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await popout.close();
 	});
 
+	it('Share view gives a read-only viewer link that shows the frames and ends with the session', async () => {
+		const share = page.locator('[data-testid=share-view]');
+		assert.ok(await share.isDisabled(), 'Share view needs a live session');
+		// For the Copy button. Granting replaces the context's permissions: keep the camera's, or
+		// its track ends (and the session with it).
+		await page.context().grantPermissions(['camera', 'clipboard-read', 'clipboard-write'], { origin: server.url });
+		await startButton(page).click();
+		await waitForFrames(page, 2);
+		await share.click();
+		const panel = page.locator('[data-testid=share-panel]');
+		await panel.waitFor();
+		const link = await page.locator('[data-testid=viewer-link]').inputValue();
+		const url = new URL(link);
+		assert.equal(url.origin, server.url, 'an absolute link to this server');
+		assert.equal(url.searchParams.get('view'), 'viewer');
+		const token = url.searchParams.get('token');
+		assert.ok(token && !(await debug(page, 'userId()')).includes(token), 'a token, not the user id');
+		const raw = await page.locator('[data-testid=viewer-stream-link]').innerText();
+		assert.equal(raw, `${server.url}/api/view/${token}`);
+		assert.match(await panel.innerText(), /until this session ends/);
+		// Copy link puts it on the clipboard.
+		await page.locator('[data-testid=copy-viewer-link]').click();
+		await waitFor(async () => (await page.evaluate(() => navigator.clipboard.readText())) === link, { what: 'the link on the clipboard' });
+		await page.screenshot({ path: artifact('10-share-view.png') });
+		// The raw link is the MJPEG stream (an OBS browser source or an <img> shows it as it is).
+		const ac = new AbortController();
+		const res = await fetch(raw, { signal: ac.signal });
+		assert.equal(res.status, 200);
+		assert.match(res.headers.get('content-type'), /^multipart\/x-mixed-replace/);
+		const reader = res.body.getReader();
+		assert.match(Buffer.from((await reader.read()).value).toString('latin1'), /^--frame/);
+		ac.abort();
+		await reader.cancel().catch(() => {});
+
+		// A second screen: another browser (no camera, no session of its own) opens the link.
+		const viewer = await newPage(browser, { viewport: { width: 960, height: 600 } });
+		await viewer.goto(link);
+		await waitFor(
+			() => viewer.evaluate(() => {
+				const img = document.querySelector('[data-testid=viewer-image]');
+				return !!img && img.complete && img.naturalWidth > 0;
+			}),
+			{ timeout: FRAME_TIMEOUT, what: 'a frame in the viewer' }
+		);
+		const size = await viewer.evaluate(() => {
+			const img = document.querySelector('[data-testid=viewer-image]');
+			return [img.naturalWidth, img.naturalHeight];
+		});
+		assert.deepEqual(size, [props.width.default, props.height.default]);
+		// Full window, letterboxed (not cropped) in the 960x600 window.
+		const box = await viewer.locator('[data-testid=viewer-image]').boundingBox();
+		assert.deepEqual([box.x, box.y, box.width, box.height], [0, 0, 960, 600]);
+		assert.equal(await viewer.evaluate(() => getComputedStyle(document.querySelector('[data-testid=viewer-image]')).objectFit), 'contain');
+		const seen = new Set();
+		await waitFor(async () => {
+			const h = await outputHash(viewer, '[data-testid=viewer-image]');
+			if (h !== null) seen.add(h);
+			return seen.size >= 2;
+		}, { timeout: FRAME_TIMEOUT, interval: 150, what: 'new frames in the viewer' });
+		// Read-only, and the owner keeps its own stream.
+		assert.equal(await viewer.evaluate(() => window.__sockets.length), 0, 'a viewer opens no websocket');
+		await waitForFrames(page, (await debug(page, 'framesShown()')) + 2);
+		assert.equal(await page.locator('text=opened somewhere else').count(), 0, "the viewer did not take the owner's stream");
+		assert.equal(await viewer.evaluate(() => getComputedStyle(document.querySelector('[data-testid=viewer]')).backgroundColor), 'rgb(0, 0, 0)');
+		await viewer.screenshot({ path: artifact('11-viewer.png') });
+
+		// Stop: the link dies with the session, and both pages say so.
+		await stopSession(page);
+		const viewerMessage = () => viewer.locator('[data-testid=viewer-message]').innerText().catch(() => '');
+		await waitFor(async () => /Stream ended/.test(await viewerMessage()), { what: 'the viewer to say the stream ended' });
+		assert.equal(await viewer.locator('[data-testid=viewer-image]').count(), 0, 'no stale frame in the viewer');
+		await viewer.screenshot({ path: artifact('12-viewer-ended.png') });
+		assert.equal(await panel.getAttribute('data-ended'), 'true');
+		assert.match(await panel.innerText(), /stopped working when the session ended/);
+		assert.equal(await page.locator('[data-testid=copy-viewer-link]').count(), 0);
+		assert.equal((await fetch(raw)).status, 404);
+		// A dead link opened later says so at once.
+		await viewer.reload();
+		await waitFor(async () => /Stream ended/.test(await viewerMessage()), { what: 'a dead link to say so' });
+		await viewer.context().close();
+		// A new session gets a new link.
+		await startButton(page).click();
+		await waitForState(page, 'live');
+		assert.equal(await panel.count(), 0, 'the old link is gone');
+		await share.click();
+		await panel.waitFor();
+		assert.notEqual(await page.locator('[data-testid=viewer-link]').inputValue(), link);
+		await page.getByRole('button', { name: 'Close the viewer link' }).click();
+		await stopSession(page);
+	});
+
 	it('a second user beyond --max-users gets "Server is full" and releases the camera', async () => {
 		await startButton(page).click();
 		await waitForFrames(page, 1);
@@ -399,6 +490,10 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await startButton(page).click();
 		await waitForNotice(page, /Session timed out/, (IDLE_TIMEOUT_S + 30) * 1000);
 		await waitForIdle(page);
+		// The server's message, said once.
+		const text = await noticeText(page);
+		assert.match(text, new RegExp(`Session timed out: no message for ${IDLE_TIMEOUT_S} s`));
+		assert.equal(text.match(/timed out/gi).length, 1, `said once: ${text}`);
 		assert.ok(await tracksEnded(page));
 		await page.unroute('**/api/stream/**');
 	});
