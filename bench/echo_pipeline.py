@@ -9,7 +9,7 @@ import time
 import torch
 from PIL import Image, ImageOps
 
-from pipelines.base import ModelOptions, ParamsModel, PipelineInfo, checkbox_field, prompt_field, range_field, size_field
+from pipelines.base import BatchPipeline, ModelOptions, ParamsModel, PipelineInfo, checkbox_field, prompt_field, range_field, size_field
 from pipelines.common import crop_to_fill
 
 MODEL_ID = "echo"
@@ -30,17 +30,21 @@ class InputParams(ParamsModel):
     height: int = size_field(512, "Height")
 
 
-class Pipeline:
+class Pipeline(BatchPipeline):
+    """`delay_ms` is the time of one model call, whatever the batch: a GPU running a small batch
+    takes about as long as for one frame."""
+
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
         self.calls = 0
 
-    def predict(self, params: InputParams, image: Image.Image) -> Image.Image:
+    def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
         self.calls += 1
-        if params.delay_ms:
-            time.sleep(params.delay_ms / 1000)
-        if params.fail:
+        shared = batch[0]
+        if shared.delay_ms:
+            time.sleep(shared.delay_ms / 1000)
+        if shared.fail:
             raise RuntimeError("stand-in model failure")
-        frame = crop_to_fill(image, params.width, params.height)
-        return ImageOps.invert(frame) if params.invert else frame
+        frames = [crop_to_fill(image, shared.width, shared.height) for image in images]
+        return [ImageOps.invert(frame) for frame in frames] if shared.invert else frames

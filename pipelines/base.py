@@ -85,6 +85,25 @@ def range_field(
     )
 
 
+def negative_prompt_field(default: str = "") -> Any:
+    return prompt_field(default, "Negative prompt", hide=True)
+
+
+def steps_field(default: int, *, le: int = 15) -> Any:
+    return range_field(default, 1, le, 1, "Steps", hide=True)
+
+
+def guidance_field(default: float, description: str | None = None) -> Any:
+    return range_field(
+        default, 0.0, 2.0, 0.01, "Guidance scale", hide=True,
+        description=description or "Fast models want 0 to 2; above 1 the negative prompt is used (a second UNet pass)",
+    )
+
+
+def strength_field(default: float = 0.5) -> Any:
+    return range_field(default, 0.1, 1.0, 0.01, "Strength", description="How far the output may stray from the input")
+
+
 def seed_field(default: int, *, hide: bool = False) -> Any:
     return Field(
         default,

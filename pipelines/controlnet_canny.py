@@ -12,15 +12,18 @@ from pydantic import model_validator
 
 from pipelines import common, tiny
 from pipelines.base import (
-    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
     checkbox_field,
+    guidance_field,
+    negative_prompt_field,
     prompt_field,
     range_field,
     seed_field,
     size_field,
+    steps_field,
+    strength_field,
 )
 
 MODEL_ID = "SimianLuo/LCM_Dreamshaper_v7"
@@ -45,11 +48,11 @@ class Info(PipelineInfo):
 
 class InputParams(ParamsModel):
     prompt: str = prompt_field("a futuristic city street at night, neon lights, highly detailed")
-    negative_prompt: str = prompt_field("", "Negative prompt", hide=True)
+    negative_prompt: str = negative_prompt_field()
     seed: int = seed_field(2159232)
-    steps: int = range_field(4, 1, 15, 1, "Steps", hide=True)
-    guidance_scale: float = range_field(0.2, 0.0, 2.0, 0.01, "Guidance scale", hide=True)
-    strength: float = range_field(0.5, 0.1, 1.0, 0.01, "Strength", description="How far the output may stray from the input")
+    steps: int = steps_field(4)
+    guidance_scale: float = guidance_field(0.2)
+    strength: float = strength_field()
     controlnet_scale: float = range_field(0.8, 0.0, 2.0, 0.01, "ControlNet scale", description="How strongly the edges hold")
     control_start: float = range_field(0.0, 0.0, 1.0, 0.01, "ControlNet start", hide=True)
     control_end: float = range_field(1.0, 0.0, 1.0, 0.01, "ControlNet end", hide=True)
@@ -85,7 +88,7 @@ def _tiny_components() -> dict:
     return {**components, "controlnet": tiny.tiny_controlnet(components["unet"]), "scheduler": LCMScheduler(**common.SD_BETAS)}
 
 
-class Pipeline(BatchPipeline):
+class Pipeline(common.DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -100,33 +103,19 @@ class Pipeline(BatchPipeline):
             **common.NO_SAFETY_CHECKER,
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
-        self.loras = common.Loras(self.pipe, config.loras, fuse=config.fuse_loras)
-        self.InputParams = self.loras.params_type(InputParams)
-        common.swap_in_taesd(self.pipe, config, TAESD_ID, tiny.tiny_taesd)
-        common.optimize(self.pipe, config, device, dtype)
-        self.prompts = common.PromptCache(self.pipe, use_compel=config.compel)
+        self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)
 
     @torch.inference_mode()
     def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
-        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
-        self.loras.apply(shared)
-        frames = [common.crop_to_fill(image, shared.width, shared.height) for image in images]
+        shared = batch[0]
+        frames = self.frames(shared, images)
         edges = [canny(frame, shared.canny_low, shared.canny_high) for frame in frames]
         unet = self.pipe.unet
         control_image = torch.from_numpy(np.stack(edges)).to(unet.device)[:, None].expand(-1, 3, -1, -1).to(unet.dtype) / 255
-        output = common.denoise(
-            self.pipe,
-            common.images_to_tensor(frames, unet.device, unet.dtype),
-            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
-            seeds=[params.seed for params in batch],
-            steps=shared.steps,
-            strength=shared.strength,
-            guidance_scale=shared.guidance_scale,
-            control=common.Control(
-                self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
-            ),
+        control = common.Control(
+            self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
         )
-        outputs = common.tensor_to_images(output)
+        outputs = self.generate(batch, frames, control)
         if shared.debug_canny:
-            outputs = [with_edges_in_corner(image, edge) for image, edge in zip(outputs, edges)]
+            outputs = [with_edges_in_corner(output, edge) for output, edge in zip(outputs, edges)]
         return outputs

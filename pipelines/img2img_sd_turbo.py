@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
-from PIL import Image
 
 from pipelines import common, tiny
 from pipelines.base import (
-    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
+    guidance_field,
+    negative_prompt_field,
     prompt_field,
-    range_field,
     seed_field,
     size_field,
+    steps_field,
+    strength_field,
 )
 
 MODEL_ID = "stabilityai/sd-turbo"
@@ -38,19 +39,16 @@ class Info(PipelineInfo):
 
 class InputParams(ParamsModel):
     prompt: str = prompt_field("a cinematic portrait, dramatic light, film grain, highly detailed")
-    negative_prompt: str = prompt_field("", "Negative prompt", hide=True)
+    negative_prompt: str = negative_prompt_field()
     seed: int = seed_field(2159232)
-    steps: int = range_field(1, 1, 10, 1, "Steps", hide=True)
-    guidance_scale: float = range_field(
-        0.0, 0.0, 2.0, 0.01, "Guidance scale", hide=True,
-        description="Turbo models are trained without guidance; above 1 costs a second UNet pass",
-    )
-    strength: float = range_field(0.5, 0.1, 1.0, 0.01, "Strength", description="How far the output may stray from the input")
+    steps: int = steps_field(1, le=10)
+    guidance_scale: float = guidance_field(0.0, "Turbo models are trained without guidance; above 1 costs a second UNet pass")
+    strength: float = strength_field()
     width: int = size_field(512, "Width")
     height: int = size_field(512, "Height")
 
 
-class Pipeline(BatchPipeline):
+class Pipeline(common.DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -65,24 +63,4 @@ class Pipeline(BatchPipeline):
             },
             **common.NO_SAFETY_CHECKER,
         )
-        self.loras = common.Loras(self.pipe, config.loras, fuse=config.fuse_loras)
-        self.InputParams = self.loras.params_type(InputParams)
-        common.swap_in_taesd(self.pipe, config, TAESD_ID, tiny.tiny_taesd)
-        common.optimize(self.pipe, config, device, dtype)
-        self.prompts = common.PromptCache(self.pipe, use_compel=config.compel)
-
-    @torch.inference_mode()
-    def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
-        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
-        self.loras.apply(shared)
-        frames = [common.crop_to_fill(image, shared.width, shared.height) for image in images]
-        output = common.denoise(
-            self.pipe,
-            common.images_to_tensor(frames, self.pipe.unet.device, self.pipe.unet.dtype),
-            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
-            seeds=[params.seed for params in batch],
-            steps=shared.steps,
-            strength=shared.strength,
-            guidance_scale=shared.guidance_scale,
-        )
-        return common.tensor_to_images(output)
+        self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLImg2ImgPipeline
-from PIL import Image
 
 from pipelines import common, tiny
 from pipelines.base import (
-    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
+    guidance_field,
+    negative_prompt_field,
     prompt_field,
-    range_field,
     seed_field,
     size_field,
+    steps_field,
+    strength_field,
 )
 
 MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -43,19 +44,16 @@ class Info(PipelineInfo):
 
 class InputParams(ParamsModel):
     prompt: str = prompt_field("a portrait in the style of a renaissance oil painting, soft light, detailed")
-    negative_prompt: str = prompt_field("blurry, low quality", "Negative prompt", hide=True)
+    negative_prompt: str = negative_prompt_field("blurry, low quality")
     seed: int = seed_field(2159232)
-    steps: int = range_field(4, 1, 15, 1, "Steps", hide=True)
-    guidance_scale: float = range_field(
-        1.0, 0.0, 2.0, 0.01, "Guidance scale", hide=True,
-        description="LCM-LoRA wants 0 to 2; above 1 the negative prompt is used (a second UNet pass)",
-    )
-    strength: float = range_field(0.5, 0.1, 1.0, 0.01, "Strength", description="How far the output may stray from the input")
+    steps: int = steps_field(4)
+    guidance_scale: float = guidance_field(1.0)
+    strength: float = strength_field()
     width: int = size_field(768, "Width", ge=512)
     height: int = size_field(768, "Height", ge=512)
 
 
-class Pipeline(BatchPipeline):
+class Pipeline(common.DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -71,27 +69,6 @@ class Pipeline(BatchPipeline):
             common.fuse_lora(self.pipe, tiny.tiny_lora(self.pipe.unet), "lcm")
         elif config.lcm_lora_id != "none":  # 'none': an SDXL model that is fast already (LCM, Turbo, Lightning)
             common.fuse_lora(self.pipe, config.lcm_lora_id or LCM_LORA_ID, "lcm")
-        self.loras = common.Loras(self.pipe, config.loras, fuse=config.fuse_loras)
-        self.InputParams = self.loras.params_type(InputParams)
-        if config.taesd:
-            common.swap_in_taesd(self.pipe, config, TAESD_ID, tiny.tiny_taesdxl)
-        elif dtype == torch.float16 and not config.tiny:
+        if not config.taesd and dtype == torch.float16 and not config.tiny:
             self.pipe.vae = common.load_model(AutoencoderKL, FP16_VAE_ID, dtype)
-        common.optimize(self.pipe, config, device, dtype)
-        self.prompts = common.PromptCache(self.pipe, use_compel=config.compel, sdxl=True)
-
-    @torch.inference_mode()
-    def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
-        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
-        self.loras.apply(shared)
-        frames = [common.crop_to_fill(image, shared.width, shared.height) for image in images]
-        output = common.denoise(
-            self.pipe,
-            common.images_to_tensor(frames, self.pipe.unet.device, self.pipe.unet.dtype),
-            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
-            seeds=[params.seed for params in batch],
-            steps=shared.steps,
-            strength=shared.strength,
-            guidance_scale=shared.guidance_scale,
-        )
-        return common.tensor_to_images(output)
+        self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesdxl, sdxl=True)

@@ -7,18 +7,18 @@ from typing import Literal
 
 import torch
 from diffusers import LCMScheduler, StableDiffusionPipeline
-from PIL import Image
 
 from pipelines import common, tiny
 from pipelines.base import (
-    BatchPipeline,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
+    guidance_field,
+    negative_prompt_field,
     prompt_field,
-    range_field,
     seed_field,
     size_field,
+    steps_field,
 )
 
 MODEL_ID = "SimianLuo/LCM_Dreamshaper_v7"
@@ -42,15 +42,17 @@ class Info(PipelineInfo):
 
 class InputParams(ParamsModel):
     prompt: str = prompt_field("a lighthouse on a cliff at dawn, oil painting, dramatic sky")
-    negative_prompt: str = prompt_field("", "Negative prompt", hide=True)
+    negative_prompt: str = negative_prompt_field()
     seed: int = seed_field(2159232)
-    steps: int = range_field(4, 1, 15, 1, "Steps", hide=True)
-    guidance_scale: float = range_field(0.2, 0.0, 2.0, 0.01, "Guidance scale", hide=True)
+    steps: int = steps_field(4)
+    guidance_scale: float = guidance_field(0.2)
     width: int = size_field(512, "Width")
     height: int = size_field(512, "Height")
 
 
-class Pipeline(BatchPipeline):
+class Pipeline(common.DiffusersPipeline):
+    """Text to image: the inherited frame loop, with no frames."""
+
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
@@ -63,25 +65,4 @@ class Pipeline(BatchPipeline):
             **common.NO_SAFETY_CHECKER,
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
-        self.loras = common.Loras(self.pipe, config.loras, fuse=config.fuse_loras)
-        self.InputParams = self.loras.params_type(InputParams)
-        common.swap_in_taesd(self.pipe, config, TAESD_ID, tiny.tiny_taesd)
-        common.optimize(self.pipe, config, device, dtype)
-        self.prompts = common.PromptCache(self.pipe, use_compel=config.compel)
-
-    @torch.inference_mode()
-    def predict_batch(self, batch: list[InputParams], images: list[None]) -> list[Image.Image]:
-        shared = batch[0]  # a batch shares every parameter but the prompts and the seed
-        self.loras.apply(shared)
-        output = common.denoise(
-            self.pipe,
-            None,
-            [self.prompts(params.prompt, params.negative_prompt) for params in batch],
-            seeds=[params.seed for params in batch],
-            steps=shared.steps,
-            strength=1.0,
-            guidance_scale=shared.guidance_scale,
-            width=shared.width,
-            height=shared.height,
-        )
-        return common.tensor_to_images(output)
+        self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)

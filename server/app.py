@@ -131,6 +131,7 @@ def create_app(
             config.jpeg_quality,
             safety_checker,
             max_batch=config.batch_size(device),
+            batch_wait=config.batch_wait_ms / 1000,
             similarity_filter=(
                 SimilarityFilter(config.similarity_threshold, config.max_skips) if config.similarity_filter else None
             ),

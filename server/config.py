@@ -68,6 +68,9 @@ class Config(BaseSettings):
     max_batch: int = Field(
         0, ge=0, le=16, description="Frames of different users run as one batch, at most this many; 0: 4 on a GPU, 1 on a CPU"
     )
+    batch_wait_ms: float = Field(
+        10.0, ge=0, le=1000, description="With batching: how long the model may wait for other users' frames on their way"
+    )
     similarity_filter: bool = Field(
         False, description="Re-send the last output instead of running the model when the camera has barely changed"
     )

@@ -223,31 +223,49 @@ class SessionManager:
     # --- worker side ---
 
     def take(
-        self, timeout: float, max_batch: int = 1, key: Callable[[ParamsModel], Any] | None = None
+        self,
+        timeout: float,
+        max_batch: int = 1,
+        key: Callable[[ParamsModel], Any] | None = None,
+        batch_wait: float = 0.0,
     ) -> list[tuple[Session, Frame]]:
         """The next ready frames, sessions served in turn: the first ready session's frame, plus up to
         `max_batch - 1` frames of other ready sessions whose `key(params)` is the same (they can run as
-        one batch). Empty when nothing came within `timeout`."""
+        one batch). When other streaming sessions' frames are on their way, wait up to `batch_wait`
+        seconds for them: without it, users in ping-pong fall into taking turns and never share a
+        batch. Empty when nothing came within `timeout`."""
         with self._cond:
             deadline = time.monotonic() + timeout
             while True:
                 ready = [s for s in self._order if s.pending is not None and s.streaming]
                 if ready:
-                    first_key = key(ready[0].pending.params) if key and max_batch > 1 else None
-                    chosen = [ready[0]] + [
-                        s for s in ready[1:] if first_key is not None and key(s.pending.params) == first_key
-                    ][: max_batch - 1]
-                    jobs = []
-                    for session in chosen:
-                        frame, session.pending = session.pending, None
-                        session.in_flight = True
-                        self._order.remove(session)
-                        self._order.append(session)
-                        jobs.append((session, frame))
-                    return jobs
+                    break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._cond.wait(remaining):
                     return []
+            first = ready[0]
+            if max_batch == 1 or key is None:
+                return [self._hand_out(first)]
+            first_key = key(first.pending.params)
+            batch_deadline = time.monotonic() + batch_wait
+            while True:
+                chosen = [first] + [
+                    s for s in self._order
+                    if s is not first and s.pending is not None and s.streaming and key(s.pending.params) == first_key
+                ][: max_batch - 1]
+                coming = [s for s in self._order if s.streaming and s.pending is None and not s.in_flight]
+                remaining = batch_deadline - time.monotonic()
+                if len(chosen) == max_batch or not coming or remaining <= 0:
+                    return [self._hand_out(session) for session in chosen]
+                self._cond.wait(remaining)
+
+    def _hand_out(self, session: Session) -> tuple[Session, Frame]:
+        """Give the session's frame to the worker and send the session to the back of the turn."""
+        frame, session.pending = session.pending, None
+        session.in_flight = True
+        self._order.remove(session)
+        self._order.append(session)
+        return session, frame
 
     def wake(self) -> None:
         with self._cond:

@@ -97,6 +97,7 @@ class Worker:
         jpeg_quality: int,
         safety_checker: Callable[[Image.Image], Image.Image] | None = None,
         max_batch: int = 1,
+        batch_wait: float = 0.0,
         similarity_filter: SimilarityFilter | None = None,
     ) -> None:
         self.pipeline = pipeline
@@ -107,6 +108,7 @@ class Worker:
         self.safety_checker = safety_checker
         # Frames of several users run as one batch only where the pipeline can batch.
         self.max_batch = max_batch if hasattr(pipeline, "predict_batch") else 1
+        self.batch_wait = batch_wait
         self.similarity_filter = similarity_filter
         self.frames_done = 0  # frames the model generated (not counting re-sent ones)
         self.frames_reused = 0
@@ -125,7 +127,7 @@ class Worker:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            jobs = self.sessions.take(timeout=0.5, max_batch=self.max_batch, key=batch_key)
+            jobs = self.sessions.take(timeout=0.5, max_batch=self.max_batch, key=batch_key, batch_wait=self.batch_wait)
             if jobs:
                 self._process(jobs)
 
