@@ -264,7 +264,8 @@ class Conversation:
             return
         try:
             image = await asyncio.to_thread(
-                decode_jpeg, data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels
+                decode_jpeg, data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels,
+                min_size=_frame_size(params),
             )
         except FrameError as error:
             self._refuse(session, str(error))
@@ -286,6 +287,12 @@ class Conversation:
             session.params = frame.params
         self.sessions.offer(session, frame)
         session.send({"status": "wait"})
+
+
+def _frame_size(params: ParamsModel) -> tuple[int, int] | None:
+    """The size the pipeline will crop the frame to, when its parameters say (to decode no larger)."""
+    width, height = getattr(params, "width", None), getattr(params, "height", None)
+    return (width, height) if width and height else None
 
 
 def _short(values: dict[str, Any]) -> str:

@@ -161,3 +161,16 @@ def test_encode_quality_is_applied():
 def test_encode_accepts_other_modes(mode):
     jpeg = encode_jpeg(Image.new(mode, (64, 32)), quality=85)
     assert jpeg_size(jpeg) == (64, 32)
+
+
+def test_a_large_frame_is_decoded_no_larger_than_the_model_needs():
+    import numpy as np
+    import simplejpeg
+
+    from server.imaging import decode_jpeg
+
+    full_hd = simplejpeg.encode_jpeg(np.full((1080, 1920, 3), 120, np.uint8))
+    limits = {"max_bytes": 10_000_000, "max_pixels": 10_000_000}
+    assert decode_jpeg(full_hd, **limits).size == (1920, 1080)
+    assert decode_jpeg(full_hd, **limits, min_size=(512, 512)).size == (960, 540)  # still covers 512x512
+    assert decode_jpeg(full_hd, **limits, min_size=(200, 100)).size == (240, 135)
