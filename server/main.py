@@ -157,7 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         app.state.live,
         "https" if tls else "http",
     )
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        return 130
     return 0
 
 
