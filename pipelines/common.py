@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from diffusers import AutoencoderTiny
 from PIL import Image
 
 from pipelines.base import BatchPipeline, ModelOptions, ParamsModel
@@ -141,7 +142,7 @@ def swap_in_taesd(pipe: Any, options: ModelOptions, repo: str, build_tiny: Calla
     if not options.taesd:
         return
     dtype = pipe.unet.dtype
-    pipe.vae = _cast(build_tiny(), dtype) if options.tiny else load_model(_autoencoder_tiny(), repo, dtype)
+    pipe.vae = _cast(build_tiny(), dtype) if options.tiny else load_model(AutoencoderTiny, repo, dtype)
 
 
 def _cast(model: Any, dtype: torch.dtype) -> Any:
@@ -149,15 +150,10 @@ def _cast(model: Any, dtype: torch.dtype) -> Any:
     return torch.nn.Module.to(model, dtype=dtype)
 
 
-def _autoencoder_tiny() -> Any:
-    from diffusers import AutoencoderTiny
-
-    return AutoencoderTiny
-
-
-def optimize(pipe: Any, options: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-    """Move to the device in the run dtype, channels_last, and torch.compile when asked."""
-    pipe.to(device=device)  # already in `dtype`: loaded or built in it
+def optimize(pipe: Any, options: ModelOptions, device: torch.device) -> None:
+    """Move to the device (the models are in the run dtype already: loaded or built in it),
+    channels_last, and torch.compile when asked."""
+    pipe.to(device=device)
     pipe.set_progress_bar_config(disable=True)
     if device.type != "mps":  # channels_last is slower on MPS
         pipe.unet.to(memory_format=torch.channels_last)
@@ -636,7 +632,7 @@ class DiffusersPipeline(BatchPipeline):
         self.loras = Loras(self.pipe, config.loras, fuse=config.fuse_loras)
         self.InputParams = self.loras.params_type(params)
         swap_in_taesd(self.pipe, config, taesd_id, tiny_taesd)
-        optimize(self.pipe, config, device, dtype)
+        optimize(self.pipe, config, device)
         self.prompts = PromptCache(self.pipe, use_compel=config.compel, sdxl=sdxl)
 
     @torch.inference_mode()

@@ -69,11 +69,6 @@ class ViewerTokenResponse(BaseModel):
 class LiveServer:
     """What the routes share: built once per app, never a module global."""
 
-    config: Config
-    module: ModuleType
-    pipeline: Pipeline
-    device: str
-    dtype: str
     sessions: SessionManager
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     worker: Worker | None = None
@@ -106,7 +101,7 @@ def create_app(
     metrics = Metrics()
     outputs = Outputs(config, metrics)  # raises OutputUnavailable when one cannot run here
     sessions = SessionManager(config.max_users, outputs=outputs.for_session, metrics=metrics)
-    live = LiveServer(config, module, pipeline, device, dtype, sessions)
+    live = LiveServer(sessions)
     info = module.Info()
     one_shot = oneshot.OneShot(
         sessions, pipeline.InputParams, info.input_mode,
