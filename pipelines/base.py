@@ -49,10 +49,16 @@ class ParamsModel(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+    def _plain_values(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads true as 1 for an int field; a client sending it has a bug worth hearing about.
         if isinstance(value, bool) and cls.model_fields[info.field_name].annotation in (int, float):
             raise ValueError("Input should be a number, not a boolean")
+        # JSON may escape half a character ("\ud800"): no text encoder downstream can take it.
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("Input should be valid Unicode text") from None
         return value
 
 

@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 from pipelines.base import ModelOptions
 
 ENV_PREFIX = "LIVE_DIFFUSION_"
+DEFAULT_MAX_USERS = 8  # a GPU serves a handful of users in real time; also what a LAN or public server admits
 
 
 class Config(BaseSettings):
@@ -54,11 +55,30 @@ class Config(BaseSettings):
     safety_checker: bool = Field(False, description="Blank out frames the safety checker flags as NSFW")
 
     # users and sessions
-    max_users: int = Field(0, ge=0, description="Users streaming at once; 0: no limit")
-    idle_timeout: float = Field(120.0, ge=0, description="Seconds without a message before a session ends; 0: never")
+    max_users: int = Field(
+        DEFAULT_MAX_USERS, ge=0, description="Users connected at once; more get 'Server is full'. 0: no limit"
+    )
+    max_viewers: int = Field(8, ge=0, le=1000, description="Read-only viewer streams (/api/view) per session")
+    idle_timeout: float = Field(
+        120.0, ge=0, description="Seconds without a valid frame or parameter message before a session ends; 0: never"
+    )
     max_session_length: float = Field(0.0, ge=0, description="Seconds a session may last; 0: no limit")
+    frame_deadline: float = Field(
+        60.0, gt=0, description="Seconds a model call may take before its frames are given up and /api/health says 'stalled'"
+    )
     max_process_requests: int = Field(
-        4, ge=1, description="One-shot POST /api/process requests in progress at once; more get 503"
+        4, ge=1, le=1000, description="One-shot POST /api/process requests waiting or generating at once; more get 503"
+    )
+    upload_timeout: float = Field(30.0, gt=0, description="Seconds a one-shot request may take to upload its body; then 408")
+    process_timeout: float = Field(
+        60.0, gt=0, description="Seconds a one-shot request may wait for its image once uploaded; then 504"
+    )
+
+    # who may connect
+    allowed_origins: list[str] = Field(
+        [],
+        description="Other web origins (https://site.example) whose pages may use this server, '*' for any; "
+        "its own origin and loopback ones always may",
     )
 
     # frames
@@ -108,6 +128,13 @@ class Config(BaseSettings):
             raise ValueError("--self-signed makes its own certificate: leave out --ssl-certfile and --ssl-keyfile")
         return self
 
+    @model_validator(mode="after")
+    def _origins_are_origins(self) -> Config:
+        for origin in self.allowed_origins:
+            if origin not in ("*", "null") and not _is_origin(origin):
+                raise ValueError(f"--allowed-origins: {origin!r} is not an origin such as https://site.example:8443 or '*'")
+        return self
+
     def batch_size(self, device: str) -> int:
         """--max-batch, with 0 resolved for the device: batching pays on a GPU, not on a CPU (measured:
         docs/benchmarks.md)."""
@@ -130,6 +157,11 @@ class Config(BaseSettings):
             controlnet_id=self.controlnet_id,
             lcm_lora_id=self.lcm_lora_id,
         )
+
+
+def _is_origin(text: str) -> bool:
+    scheme, separator, rest = text.partition("://")
+    return bool(separator) and scheme in ("http", "https") and bool(rest) and "/" not in rest
 
 
 def parse(argv: Sequence[str]) -> Config:

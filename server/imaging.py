@@ -25,14 +25,9 @@ class UnsupportedFrame(FrameError):
     """Not an image of a format this accepts."""
 
 
-def decode_jpeg(
-    data: bytes, *, max_bytes: int, max_pixels: int, min_size: tuple[int, int] | None = None
-) -> Image.Image:
-    """JPEG bytes -> RGB image, refusing oversized or broken input before decoding pixels.
-
-    With `min_size` (width, height), a frame at least twice as large in both directions is decoded at
-    1/2, 1/4 or 1/8 scale in the DCT (libjpeg-turbo), still covering `min_size`: a 1080p camera frame
-    for a 512x512 model costs a quarter of the decoding and of the resizing after it."""
+def check_jpeg(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of a JPEG within the caps, read from its header only (microseconds): what the
+    event loop checks of a frame before anyone decodes it."""
     if len(data) > max_bytes:
         raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
     if not data.startswith(JPEG_MAGIC):
@@ -43,6 +38,44 @@ def decode_jpeg(
         raise FrameError(f"Frame is not a readable JPEG image ({error})") from None
     if width * height > max_pixels:
         raise FrameTooLarge(f"Frame is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    return width, height
+
+
+def check_png(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of a PNG within the caps, read from its header only."""
+    if len(data) > max_bytes:
+        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
+    if not data.startswith(PNG_MAGIC):
+        raise UnsupportedFrame("Frame is not a PNG image")
+    # The first chunk is IHDR: its length (4 bytes), type, then width and height, big-endian.
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise FrameError("Frame is not a readable PNG image (no IHDR header)")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if width * height > max_pixels:
+        raise FrameTooLarge(f"Frame is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    return width, height
+
+
+def check_image(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[int, int]:
+    """A JPEG or PNG (told apart by their first bytes) within the caps: its (width, height)."""
+    if len(data) > max_bytes:
+        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
+    if data.startswith(PNG_MAGIC):
+        return check_png(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    if data.startswith(JPEG_MAGIC):
+        return check_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    raise UnsupportedFrame("Frame is not a JPEG or PNG image")
+
+
+def decode_jpeg(
+    data: bytes, *, max_bytes: int, max_pixels: int, min_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """JPEG bytes -> RGB image, refusing oversized or broken input before decoding pixels.
+
+    With `min_size` (width, height), a frame at least twice as large in both directions is decoded at
+    1/2, 1/4 or 1/8 scale in the DCT (libjpeg-turbo), still covering `min_size`: a 1080p camera frame
+    for a 512x512 model costs a quarter of the decoding and of the resizing after it."""
+    check_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         min_width, min_height = min_size or (0, 0)
         # Grey and YCbCr both come out RGB.
@@ -54,16 +87,7 @@ def decode_jpeg(
 
 def decode_png(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
     """PNG bytes -> RGB image (alpha dropped), with the same caps, the size read from the header first."""
-    if len(data) > max_bytes:
-        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
-    if not data.startswith(PNG_MAGIC):
-        raise UnsupportedFrame("Frame is not a PNG image")
-    # The first chunk is IHDR: its length (4 bytes), type, then width and height, big-endian.
-    if len(data) < 24 or data[12:16] != b"IHDR":
-        raise FrameError("Frame is not a readable PNG image (no IHDR header)")
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if width * height > max_pixels:
-        raise FrameTooLarge(f"Frame is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    check_png(data, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
             image.load()
@@ -74,15 +98,14 @@ def decode_png(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
         raise FrameError(f"Frame is a damaged PNG image ({error})") from None
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
-    """A JPEG or PNG frame (told apart by their first bytes) -> RGB image, bounded as above."""
-    if len(data) > max_bytes:
-        raise FrameTooLarge(f"Frame is {len(data)} bytes; the limit is {max_bytes}")
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, min_size: tuple[int, int] | None = None
+) -> Image.Image:
+    """A JPEG or PNG frame -> RGB image, bounded as above (`min_size`: see `decode_jpeg`)."""
+    check_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
     if data.startswith(PNG_MAGIC):
         return decode_png(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    if data.startswith(JPEG_MAGIC):
-        return decode_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels)
-    raise UnsupportedFrame("Frame is not a JPEG or PNG image")
+    return decode_jpeg(data, max_bytes=max_bytes, max_pixels=max_pixels, min_size=min_size)
 
 
 def rgb_pixels(image: Image.Image) -> np.ndarray:

@@ -56,16 +56,6 @@ class Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    for noisy in ("httpx", "httpcore", "urllib3", "PIL"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, logging.getLogger().level))
-
-
 def load_pipeline(config: Config) -> tuple[Any, Any, Any, str, str]:
     """Import the pipeline module, build it (and the safety checker), warm it up.
     Returns (module, pipeline, safety checker or None, device, dtype)."""
@@ -106,6 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             option = "--" + "-".join(str(part) for part in problem["loc"]).replace("_", "-") if problem["loc"] else "options"
             print(f"{Path(sys.argv[0]).name}: error: {option}: {problem['msg']}", file=sys.stderr)
         return 2
+    from server.logs import setup_logging
+
     setup_logging(config.log_level)
 
     import pipelines
@@ -131,11 +123,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     from server.app import FRONTEND_BUILD, create_app
+    from server.origins import is_loopback_name
+    from server.websocket_transport import protocol_class
 
     app = create_app(config, module, pipeline, device, dtype, safety_checker)
     if not (FRONTEND_BUILD / "index.html").is_file():
         log.warning("The web page is not built (%s missing): run ./build-run.sh, or "
                     "npm --prefix frontend ci && npm --prefix frontend run build", FRONTEND_BUILD / "index.html")
+    if not config.max_users and not is_loopback_name(config.host):
+        log.warning("--max-users 0: no limit on users, on a server others can reach")
     certfile, keyfile = config.ssl_certfile, config.ssl_keyfile
     if config.self_signed:
         from server.tls import self_signed_certificate
@@ -149,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=config.port,
             ssl_certfile=certfile or None,
             ssl_keyfile=keyfile or None,
+            ws=protocol_class(),
             ws_max_size=config.max_frame_bytes * 2,  # larger frames get a clear error, not a dropped socket
             timeout_graceful_shutdown=1,
             log_config=None,

@@ -2,13 +2,15 @@
 two apps in one process (tests) count separately.
 
 The code that sees an event counts it: the session manager frames in and frames replaced in the slot,
-`protocol.deliver` frames out and their timings, the outputs what they drop, the one-shot API its
-requests. Errors are counted by kind:
+each session or job its frames out and their timings (as they are delivered), the outputs what they
+drop, the one-shot API its requests. Errors are counted by kind:
 
 - `input`: a bad message, frame or parameter from a client (websocket or POST /api/process)
 - `model`: the pipeline raised while generating a frame
 - `output`: an NDI or Syphon output failed to start or to send a frame
-- `busy`: refused for capacity: the server is full (--max-users) or too many one-shot requests
+- `deadline`: a model call outlived --frame-deadline, or a one-shot request --process-timeout
+- `busy`: refused for capacity: the server is full (--max-users), too many one-shot requests, or the
+  model unavailable
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ PREFIX = "live_diffusion"
 # From a GPU frame (tens of ms) to a full-size model on a CPU (several seconds).
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 SOURCES = ("live", "process")  # websocket sessions, POST /api/process
-ERROR_KINDS = ("input", "model", "output", "busy")
+ERROR_KINDS = ("input", "model", "deadline", "output", "busy")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from server.worker import Result
+    from server.sessions import Result
 
 
 class Metrics:
@@ -69,7 +71,9 @@ class Metrics:
             buckets=SECONDS_BUCKETS,
             registry=r,
         )
-        self.errors = Counter(f"{PREFIX}_errors", "Errors by kind: input, model, output, busy", ["kind"], registry=r)
+        self.errors = Counter(
+            f"{PREFIX}_errors", "Errors by kind: input, model, deadline, output, busy", ["kind"], registry=r
+        )
         # Every labelled series exists from the start (at 0), so rates work before the first event.
         for source in SOURCES:
             self.frames_in.labels(source)
@@ -91,7 +95,7 @@ class Metrics:
             self.frames_out.labels(source).inc()
             self.latency_seconds.observe(max(0.0, time.monotonic() - received_at))
         else:
-            self.errors.labels("model").inc()
+            self.errors.labels(result.error_kind).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

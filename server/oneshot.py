@@ -2,39 +2,44 @@
 
 The image and the parameters get the same checks as a websocket frame: the pipeline's `InputParams`
 (unknown keys and out-of-range values are errors, never clamped) and the frame byte and pixel caps,
-checked before any pixel is decoded. The job then takes its turn with the live sessions, as a
-pseudo-session in the session manager's round-robin, so scripts share the model fairly with
-performers. At most --max-process-requests requests are in progress at once (uploading, waiting or
-generating); more are refused at once with 503.
+checked before any pixel is decoded. The frame then takes its turn with the live sessions (a job in
+the session manager's turn order), so scripts share the model fairly with performers.
+
+The body must arrive within --upload-timeout; only then does the request take one of the
+--max-process-requests places, for at most --process-timeout while it waits for and goes through the
+model. More requests than places are refused at once with 503.
 
 Errors are JSON, {"detail": "..."}, with the status saying whose fault it is (docs/protocol.md):
-400 a malformed form, a missing or damaged image; 413 over the size caps; 415 not a form, or an
-image that is not a JPEG or PNG; 422 a bad parameter; 500 the model failed; 503 busy or
-shutting down.
+400 a malformed form, a missing or damaged image; 408 the body came too slowly; 413 over the size
+caps; 415 not a form, or an image that is not a JPEG or PNG; 422 a bad parameter; 500 the model
+failed; 503 busy, the model unavailable, or shutting down; 504 no image within --process-timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+import logging
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from pipelines.base import ParamsModel
-from server.imaging import FrameError, FrameTooLarge, UnsupportedFrame, decode_image
+from server.imaging import FrameError, FrameTooLarge, UnsupportedFrame, check_image
 from server.protocol import describe_validation_error
-from server.sessions import Frame, SessionManager
-from server.worker import Result
+from server.sessions import Frame, Job, Result, SessionManager
+
+log = logging.getLogger(__name__)
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 65_536  # one parameter's value (a prompt is at most a few thousand characters)
 MAX_FIELDS = 64
 FORM_OVERHEAD_BYTES = 256 * 1024  # the parameters and the multipart framing, on top of the image
 RETRY_AFTER_S = 1
+UPLOADS_PER_SLOT = 4  # uploads in progress at once, per --max-process-requests place
 
 
 class ErrorResponse(BaseModel):
@@ -45,11 +50,13 @@ _ERROR = {"model": ErrorResponse}
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}, "description": "The generated frame, `width` x `height` pixels"},
     400: {**_ERROR, "description": "Malformed multipart form; no image in `file`; a damaged image"},
+    408: {**_ERROR, "description": "The request did not arrive within --upload-timeout"},
     413: {**_ERROR, "description": "Request or image over --max-frame-bytes, or image over --max-frame-pixels"},
     415: {**_ERROR, "description": "The body is not a form (multipart/form-data), or the image is not a JPEG or PNG"},
     422: {**_ERROR, "description": "An unknown parameter, or a value out of range or of the wrong type"},
     500: {**_ERROR, "description": "The model failed (a server fault)"},
-    503: {**_ERROR, "description": "Too many one-shot requests in progress (see Retry-After), or shutting down"},
+    503: {**_ERROR, "description": "Too many requests in progress or the model unavailable (see Retry-After), or shutting down"},
+    504: {**_ERROR, "description": "No image within --process-timeout (the model is busy or stalled)"},
 }
 
 
@@ -81,7 +88,11 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
 
 
 class OneShot:
-    """The one-shot API of one app: its limit, and the way from a request to the worker and back."""
+    """The one-shot API of one app: its limits, and the way from a request to the worker and back.
+
+    A request first uploads (at most `UPLOADS_PER_SLOT * max_requests` at once, each within
+    `upload_timeout`), then takes one of `max_requests` places while its frame waits for and goes
+    through the model (within `process_timeout`): a slow upload never holds a place."""
 
     def __init__(
         self,
@@ -92,6 +103,9 @@ class OneShot:
         max_requests: int,
         max_frame_bytes: int,
         max_frame_pixels: int,
+        upload_timeout: float,
+        process_timeout: float,
+        model_available: Callable[[], bool],
         shutdown: asyncio.Event,
     ) -> None:
         self.sessions = sessions
@@ -99,32 +113,56 @@ class OneShot:
         self.params_type = params_type
         self.input_mode = input_mode
         self.max_requests = max_requests
+        self.max_uploads = UPLOADS_PER_SLOT * max_requests
         self.max_frame_bytes = max_frame_bytes
         self.max_frame_pixels = max_frame_pixels
+        self.upload_timeout = upload_timeout
+        self.process_timeout = process_timeout
+        self.model_available = model_available
         self.shutdown = shutdown
-        self.in_progress = 0  # event loop only
+        self.uploads = 0  # event loop only
+        self.in_progress = 0
 
     async def process(self, request: Request) -> bytes:
         """The generated JPEG for this request, or an HTTPException saying what is wrong."""
-        if self.in_progress >= self.max_requests:
-            self.metrics.errors.labels("busy").inc()
-            raise HTTPException(
-                503,
-                f"Too many one-shot requests in progress (the limit is {self.max_requests}); try again shortly",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )
-        self.in_progress += 1
         try:
-            with self.metrics.process_requests.track_inprogress():
-                return await self._process(request)
+            frame = await self._receive(request)
+            if not self.model_available():
+                raise _busy("The model is not available right now (its thread is restarting or stalled); try again shortly")
+            if self.in_progress >= self.max_requests:
+                raise _busy(f"Too many one-shot requests in progress (the limit is {self.max_requests}); try again shortly")
+            self.in_progress += 1
+            try:
+                with self.metrics.process_requests.track_inprogress():
+                    return await self._generate(frame)
+            finally:
+                self.in_progress -= 1
         except HTTPException as error:
-            if 400 <= error.status_code < 500:
+            if error.status_code == 503:
+                self.metrics.errors.labels("busy").inc()
+            elif 400 <= error.status_code < 500:
                 self.metrics.errors.labels("input").inc()
             raise
-        finally:
-            self.in_progress -= 1
 
-    async def _process(self, request: Request) -> bytes:
+    async def _receive(self, request: Request) -> Frame:
+        """The request's frame, read within the upload timeout and checked (its header: the pixels are
+        decoded by the worker)."""
+        if self.uploads >= self.max_uploads:
+            raise _busy(f"Too many uploads in progress (the limit is {self.max_uploads}); try again shortly")
+        self.uploads += 1
+        try:
+            return await asyncio.wait_for(self._read_frame(request), self.upload_timeout)
+        except asyncio.TimeoutError:
+            raise HTTPException(
+                408, f"The request did not arrive within {self.upload_timeout:g} s (--upload-timeout)"
+            ) from None
+        except ClientDisconnect:  # nobody reads the answer; no traceback for it
+            log.info("one-shot: the client left during its upload")
+            raise HTTPException(400, "The client disconnected during the upload") from None
+        finally:
+            self.uploads -= 1
+
+    async def _read_frame(self, request: Request) -> Frame:
         form = await self._read_form(request)
         try:
             upload, values = self._split(form)
@@ -132,22 +170,16 @@ class OneShot:
             data = await upload.read() if upload is not None else None
         finally:
             await form.close()
-        image = None
         if data is not None:
             try:
-                image = await asyncio.to_thread(
-                    decode_image, data, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels
-                )
+                check_image(data, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels)
             except FrameTooLarge as error:
                 raise HTTPException(413, str(error)) from None
             except UnsupportedFrame as error:
                 raise HTTPException(415, str(error)) from None
             except FrameError as error:
                 raise HTTPException(400, str(error)) from None
-        result = await self._generate(Frame(params, image))
-        if result.jpeg is None:
-            raise HTTPException(500, result.error or "Model error")
-        return result.jpeg
+        return Frame(params, data)
 
     async def _read_form(self, request: Request) -> FormData:
         content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
@@ -160,7 +192,7 @@ class OneShot:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise HTTPException(
-                413, f"Request is {declared} bytes; the limit is {limit} (--max-frame-bytes plus the form)"
+                413, f"Request is {declared[:20]} bytes; the limit is {limit} (--max-frame-bytes plus the form)"
             )
         body = _capped(request.stream(), limit)
         parser: MultiPartParser | FormParser
@@ -188,9 +220,9 @@ class OneShot:
                     )
                 upload = value
             elif isinstance(value, UploadFile):
-                raise HTTPException(400, f"Unexpected file in the field {name!r}: send the image in {FILE_FIELD!r}")
+                raise HTTPException(400, f"Unexpected file in the field {name[:64]!r}: send the image in {FILE_FIELD!r}")
             elif name in values:
-                raise HTTPException(422, f"Parameter {name!r} is given twice")
+                raise HTTPException(422, f"Parameter {name[:64]!r} is given twice")
             else:
                 values[name] = value
         if self.input_mode == "image" and upload is None:
@@ -205,18 +237,36 @@ class OneShot:
         except ValidationError as error:
             raise HTTPException(422, describe_validation_error(error)) from None
 
-    async def _generate(self, frame: Frame) -> Result:
+    async def _generate(self, frame: Frame) -> bytes:
+        """The frame takes its turn with the live sessions; its JPEG, or the error that says why not."""
         reply: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        session = self.sessions.submit_oneshot(frame, reply)
+        job = Job(frame, reply, self.metrics)
+        self.sessions.submit(job)
         shutdown = asyncio.ensure_future(self.shutdown.wait())
         try:
-            await asyncio.wait({reply, shutdown}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({reply, shutdown}, timeout=self.process_timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             shutdown.cancel()
-            self.sessions.close(session)  # a job still waiting (client gone, shutdown) is never taken
+            self.sessions.cancel(job)  # a job still waiting (shutdown, deadline) is never taken
         if not reply.done():
-            raise HTTPException(503, "The server is shutting down")
-        return reply.result()
+            if self.shutdown.is_set():
+                raise HTTPException(503, "The server is shutting down")
+            self.metrics.errors.labels("deadline").inc()
+            raise HTTPException(
+                504, f"No image within {self.process_timeout:g} s (--process-timeout): the model is busy or stalled"
+            )
+        result = reply.result()
+        if result.jpeg is not None:
+            return result.jpeg
+        if result.error_kind == "input":
+            raise HTTPException(400, result.error or "The image cannot be decoded")
+        if result.error_kind == "deadline":
+            raise HTTPException(504, result.error or "The model took too long")
+        raise HTTPException(500, result.error or "Model error")
+
+
+def _busy(message: str) -> HTTPException:
+    return HTTPException(503, message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _capped(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:

@@ -5,7 +5,12 @@ Client -> server, in reply to send_frame: {"status": "next_frame"}, then the par
 object, then (image pipelines) one binary JPEG; an empty binary message means "no frame yet".
 
 Every bad message gets {"status": "error", "message": ...} naming the problem, and the conversation
-goes on: the client is asked for a new frame. Only this client is affected.
+goes on: the client is asked for a new frame. Only this client is affected. Only valid activity (a
+valid parameter message, a frame) keeps the session from its idle timeout, and a client that sends
+nothing but bad messages is disconnected after `MAX_ERRORS_IN_A_ROW` of them.
+
+A frame's header is checked here (size caps, JPEG); its pixels are decoded by the worker, and only
+if the frame is still the latest when the worker takes it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ import asyncio
 import json
 import logging
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -22,44 +26,17 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipelines.base import ParamsModel
 from server.config import Config
-from server.imaging import FrameError, decode_jpeg
-from server.sessions import AlreadyConnected, Frame, ServerFull, Session, SessionManager
-from server.worker import Result
+from server.imaging import FrameError, check_jpeg
+from server.sessions import AlreadyConnected, Frame, ServerFull, Session, SessionManager, canonical_user_id
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT_MESSAGE_CHARS = 65_536
+MAX_ERRORS_IN_A_ROW = 100  # bad messages without a good one between them: the client is broken or hostile
 EMPTY_FRAME_RETRY_S = 0.02  # the client has no camera frame yet: ask again shortly, not in a busy loop
 TEXT_POLL_S = 0.2  # text pipelines, parameters unchanged: how soon to ask the client again
 
 Expecting = Literal["status", "params", "image", "skip_image"]
-
-
-def request_frame_if_idle(sessions: SessionManager, session: Session) -> None:
-    """Ask the client for its next frame once nothing of it is waiting or being generated (ping-pong)."""
-    if session.streaming and not session.closed and not session.frame_requested and sessions.is_idle(session):
-        session.frame_requested = True
-        session.send({"status": "send_frame"})
-
-
-def deliver(sessions: SessionManager, session: Session, result: Result) -> None:
-    """A frame of this session has been generated (or failed): publish it and ask for the next."""
-    if session.reply is not None:  # a one-shot job (POST /api/process): its request awaits the result
-        sessions.metrics.frame_done("process", result)
-        if not session.reply.done():
-            session.reply.set_result(result)
-        return
-    if session.closed:
-        return
-    sessions.metrics.frame_done("live", result)
-    if result.jpeg is not None:
-        session.stats.frames_out += 1
-        session.output.publish(result.jpeg)  # the MJPEG stream and its viewers
-        for output in session.outputs:  # NDI, Syphon: each takes the pixels on its own thread
-            output.send(result.pixels)
-    else:
-        session.send_error(result.error or "Model error")
-    request_frame_if_idle(sessions, session)
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -69,20 +46,29 @@ def describe_validation_error(error: ValidationError) -> str:
         if not name:  # a rule across parameters, such as low <= high
             problems.append(item["msg"].removeprefix("Value error, "))
         elif item["type"] == "extra_forbidden":
-            problems.append(f"unknown parameter {name!r}")
+            problems.append(f"unknown parameter {name[:64]!r}")
         else:
-            problems.append(f"invalid parameter {name!r}: {item['msg']}")
-    message = "; ".join(problems)
+            problems.append(f"invalid parameter {name[:64]!r}: {item['msg']}")
+    message = "; ".join(problems)[:1000]
     return message[:1].upper() + message[1:]
 
 
 def parse_json(text: str) -> Any:
+    """A client's JSON message, or ValueError saying what is wrong with it (any text at all)."""
     if len(text) > MAX_TEXT_MESSAGE_CHARS:
         raise ValueError(f"Message is {len(text)} characters; the limit is {MAX_TEXT_MESSAGE_CHARS}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # invalid UTF-8 on the wire (see server/websockets.py)
+        raise ValueError("Message is not valid UTF-8 text") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError:
         raise ValueError("Message is not valid JSON") from None
+    except RecursionError:
+        raise ValueError("Message is nested too deeply") from None
+    except ValueError as error:  # an integer of thousands of digits, say
+        raise ValueError(f"Message is not usable JSON ({str(error)[:100]})") from None
 
 
 class Conversation:
@@ -101,6 +87,7 @@ class Conversation:
         self.config = config
         self.expecting: Expecting = "status"
         self.params: ParamsModel | None = None  # validated, waiting for its image
+        self.errors_in_a_row = 0
 
     async def run(self, user_id: str) -> None:
         await self.ws.accept()
@@ -130,19 +117,23 @@ class Conversation:
             )
 
     async def _open(self, user_id: str) -> Session | None:
-        refusal = None
+        canonical = canonical_user_id(user_id)
         try:
-            uuid.UUID(user_id)
-            return self.sessions.open(user_id, self.params_type())
+            if canonical is None:
+                raise ValueError(user_id)
+            return self.sessions.open(canonical, self.params_type())
         except ValueError:
-            refusal = f"Invalid user id {user_id[:64]!r}: expected a UUID"
+            refusal = "Invalid user id: expected a UUID"
         except ServerFull:
             refusal = "Server is full"
             self.sessions.metrics.errors.labels("busy").inc()
         except AlreadyConnected:
             refusal = "This user id is already connected; open a new session with a new id"
         log.info("refused a connection: %s", refusal)
-        await self.ws.send_text(json.dumps({"status": "error", "message": refusal}))
+        try:
+            await self.ws.send_text(json.dumps({"status": "error", "message": refusal}))
+        except Exception:  # the client left already
+            pass
         await self._close_socket()
         return None
 
@@ -169,8 +160,8 @@ class Conversation:
         limits = []
         if self.config.idle_timeout:
             limits.append((
-                session.last_message_at + self.config.idle_timeout - now,
-                f"Session timed out: no message for {self.config.idle_timeout:g} s",
+                session.last_activity_at + self.config.idle_timeout - now,
+                f"Session timed out: no frame or parameters for {self.config.idle_timeout:g} s",
             ))
         if self.config.max_session_length:
             limits.append((
@@ -194,20 +185,29 @@ class Conversation:
                 return
             if message["type"] == "websocket.disconnect":
                 return
-            session.last_message_at = time.monotonic()
             if message.get("bytes") is not None:
-                await self._on_binary(session, message["bytes"])
+                self._on_binary(session, message["bytes"])
             else:
                 self._on_text(session, message.get("text") or "")
+            if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+                log.info("session %s: %d bad messages in a row; closing", session.short_id, self.errors_in_a_row)
+                session.send({"status": "error", "message": f"{MAX_ERRORS_IN_A_ROW} bad messages in a row: closing"})
+                return
+
+    def _valid_activity(self, session: Session) -> None:
+        """A valid parameter message or frame: the client is alive and well."""
+        session.last_activity_at = time.monotonic()
+        self.errors_in_a_row = 0
 
     def _refuse(self, session: Session, problem: str, *, skip_image: bool = False) -> None:
-        log.info("session %s: %s", session.short_id, problem)
+        log.info("session %s: %s", session.short_id, problem[:200])
+        self.errors_in_a_row += 1
         session.send_error(problem)
         self.sessions.metrics.errors.labels("input").inc()
         self.params = None
         self.expecting = "skip_image" if skip_image and self.input_mode == "image" else "status"
         session.frame_requested = False
-        request_frame_if_idle(self.sessions, session)
+        session.request_frame_if_idle()
 
     def _on_text(self, session: Session, text: str) -> None:
         if self.expecting == "params":
@@ -242,6 +242,7 @@ class Conversation:
         except ValidationError as error:
             self._refuse(session, describe_validation_error(error), skip_image=True)
             return
+        self._valid_activity(session)
         if self.input_mode == "image":
             self.params = params
             self.expecting = "image"
@@ -249,7 +250,7 @@ class Conversation:
             self.expecting = "status"
             self._accept(session, Frame(params, None))
 
-    async def _on_binary(self, session: Session, data: bytes) -> None:
+    def _on_binary(self, session: Session, data: bytes) -> None:
         expecting, self.expecting = self.expecting, "status"
         if expecting == "skip_image":
             return
@@ -259,25 +260,22 @@ class Conversation:
         params, self.params = self.params, None
         if not data:  # the client has no frame yet
             session.frame_requested = False
-            await asyncio.sleep(EMPTY_FRAME_RETRY_S)
-            request_frame_if_idle(self.sessions, session)
+            asyncio.get_running_loop().call_later(EMPTY_FRAME_RETRY_S, session.request_frame_if_idle)
             return
         try:
-            image = await asyncio.to_thread(
-                decode_jpeg, data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels,
-                min_size=_frame_size(params),
-            )
+            check_jpeg(data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels)
         except FrameError as error:
             self._refuse(session, str(error))
             return
-        self._accept(session, Frame(params, image))
+        self._valid_activity(session)
+        self._accept(session, Frame(params, data))
 
     def _accept(self, session: Session, frame: Frame) -> None:
         session.frame_requested = False
-        if frame.image is None and frame.params == session.params and session.stats.frames_in:
+        if frame.data is None and frame.params == session.params and session.stats.frames_in:
             # Text pipelines: nothing changed, nothing to generate. Ask again a little later, so
             # clients that only answer send_frame still see their changes soon.
-            asyncio.get_running_loop().call_later(TEXT_POLL_S, request_frame_if_idle, self.sessions, session)
+            asyncio.get_running_loop().call_later(TEXT_POLL_S, session.request_frame_if_idle)
             return
         if frame.params != session.params:
             changed = {
@@ -287,12 +285,6 @@ class Conversation:
             session.params = frame.params
         self.sessions.offer(session, frame)
         session.send({"status": "wait"})
-
-
-def _frame_size(params: ParamsModel) -> tuple[int, int] | None:
-    """The size the pipeline will crop the frame to, when its parameters say (to decode no larger)."""
-    width, height = getattr(params, "width", None), getattr(params, "height", None)
-    return (width, height) if width and height else None
 
 
 def _short(values: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import logging
+import os
 import socket
 from pathlib import Path
 
@@ -51,8 +52,35 @@ def _covers(certificate: x509.Certificate, names: list[str], addresses: list[str
         return False
     has_names = set(alt.get_values_for_type(x509.DNSName))
     has_addresses = {str(a) for a in alt.get_values_for_type(x509.IPAddress)}
-    fresh = certificate.not_valid_after_utc - datetime.timedelta(days=RENEW_DAYS) > datetime.datetime.now(datetime.UTC)
-    return fresh and set(names) <= has_names and {str(ipaddress.ip_address(a)) for a in addresses} <= has_addresses
+    fresh = certificate.not_valid_after_utc - datetime.timedelta(days=RENEW_DAYS) > datetime.datetime.now(datetime.timezone.utc)
+    return (
+        fresh
+        and _is_leaf(certificate)
+        and set(names) <= has_names
+        and {str(ipaddress.ip_address(a)) for a in addresses} <= has_addresses
+    )
+
+
+def _is_leaf(certificate: x509.Certificate) -> bool:
+    """Not a CA (earlier versions made one; browsers refuse a CA certificate as a server's)."""
+    try:
+        return not certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file that only its owner may read, from its first byte: made under a temporary name with
+    mode 0600, then renamed over `path`."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def self_signed_certificate(folder: Path = DEFAULT_FOLDER) -> tuple[Path, Path]:
@@ -66,7 +94,7 @@ def self_signed_certificate(folder: Path = DEFAULT_FOLDER) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Live Diffusion on {socket.gethostname()}")])
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -81,15 +109,24 @@ def self_signed_certificate(folder: Path = DEFAULT_FOLDER) -> tuple[Path, Path]:
             ),
             critical=False,
         )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # A leaf: a server's certificate, not an authority that could vouch for others.
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
     )
-    key_path.chmod(0o600)
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     log.info("Made a self-signed certificate for %s in %s", ", ".join(names + addresses), folder)
     return cert_path, key_path

@@ -1,7 +1,13 @@
 """The inference thread: the only code that touches the model. It pulls ready frames from the session
-manager (so there is no queue to grow), several users' at once when they can share a batch, runs the
-pipeline, converts each image to RGB pixels once (for the JPEG encoder and the outputs), encodes the
-JPEG once, and hands the results back to the event loop.
+manager (so there is no queue to grow), several users' at once when they can share a batch, decodes
+them, runs the pipeline, converts each image to RGB pixels once (for the JPEG encoder and the
+outputs), encodes the JPEG once, and hands each result to its session or job on the event loop.
+
+Faults stay with the frames they concern. A frame that cannot be decoded, a pipeline that raises or
+returns the wrong images: those frames' sources get an error and the next frames are generated as
+before. A model call that outlives `frame_deadline` is given up: its sources hear so at once, and its
+late images are dropped. `supervise()`, run by the event loop, does that, and starts a new thread
+should the thread ever end; `state()` says what is true now, for /api/health.
 """
 
 from __future__ import annotations
@@ -15,34 +21,36 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image
 
 from pipelines.base import Pipeline, batch_key
-from server.imaging import encode_jpeg, rgb_pixels
-from server.sessions import Frame, Session, SessionManager
+from server.imaging import FrameError, decode_image, encode_jpeg, rgb_pixels
+from server.sessions import ErrorKind, Frame, Result, Session, SessionManager, Source
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 300
 THUMBNAIL_SIZE = (64, 64)
+TAKE_TIMEOUT_S = 0.5  # how often an idle thread looks at its stop flag
+RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 10.0)  # wait before a restart, by how many threads in a row ended quickly
+QUICK_DEATH_S = 5.0
 
 
-@dataclass
-class Result:
-    frame: Frame
-    started_at: float
-    finished_at: float
-    jpeg: bytes | None = None
-    pixels: np.ndarray | None = None  # the same frame as RGB pixels (read-only), for the outputs
-    error: str | None = None
-    reused: bool = False  # the similarity filter re-sent the previous output
-
-
-def describe_model_error(error: Exception) -> str:
-    if isinstance(error, torch.OutOfMemoryError):
+def describe_model_error(error: BaseException) -> str:
+    if _is_out_of_memory(error):
         return "Out of memory while generating: try a smaller width and height or fewer steps"
     return f"Model error: {type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    return type(error).__name__ == "OutOfMemoryError"  # torch.OutOfMemoryError, without importing torch
+
+
+def _free_gpu_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def thumbnail(image: Image.Image) -> np.ndarray:
@@ -68,23 +76,41 @@ class SimilarityFilter:
         # Per session, owned by the worker thread; entries go with their sessions.
         self._last: weakref.WeakKeyDictionary[Session, tuple[np.ndarray, Frame, Result, int]] = weakref.WeakKeyDictionary()
 
-    def reuse(self, session: Session, frame: Frame) -> Result | None:
+    def reuse(self, session: Session, frame: Frame, image: Image.Image) -> Result | None:
         """The previous result, if this frame may skip the model."""
         last = self._last.get(session)
-        if last is None or frame.image is None:
+        if last is None:
             return None
         previous_thumbnail, previous_frame, previous_result, skips = last
         if skips >= self.max_skips or frame.params != previous_frame.params:
             return None
-        current = thumbnail(frame.image)
-        if cosine_similarity(current, previous_thumbnail) < self.threshold:
+        if cosine_similarity(thumbnail(image), previous_thumbnail) < self.threshold:
             return None
         self._last[session] = (previous_thumbnail, previous_frame, previous_result, skips + 1)
         return previous_result
 
-    def remember(self, session: Session, frame: Frame, result: Result) -> None:
-        if frame.image is not None and result.jpeg is not None:
-            self._last[session] = (thumbnail(frame.image), frame, result, 0)
+    def remember(self, session: Session, frame: Frame, image: Image.Image, result: Result) -> None:
+        if result.jpeg is not None:
+            self._last[session] = (thumbnail(image), frame, result, 0)
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What /api/health reports of the inference thread."""
+
+    alive: bool  # the thread runs
+    busy_s: float | None  # how long the model call in progress has taken so far
+    stalled: bool  # a model call has outlived the frame deadline and not yet returned
+    restarts: int  # threads started after the first one ended
+
+
+@dataclass
+class _Call:
+    """The frames the thread is working on, for the supervisor to give up on past the deadline."""
+
+    jobs: list[tuple[Source, Frame]]
+    started_at: float
+    expired: bool = False
 
 
 class Worker:
@@ -93,8 +119,11 @@ class Worker:
         pipeline: Pipeline,
         sessions: SessionManager,
         loop: asyncio.AbstractEventLoop,
-        deliver: Callable[[Session, Result], None],
+        *,
         jpeg_quality: int,
+        max_frame_bytes: int,
+        max_frame_pixels: int,
+        frame_deadline: float,
         safety_checker: Callable[[Image.Image], Image.Image] | None = None,
         max_batch: int = 1,
         batch_wait: float = 0.0,
@@ -103,8 +132,10 @@ class Worker:
         self.pipeline = pipeline
         self.sessions = sessions
         self.loop = loop
-        self.deliver = deliver  # called on the event loop
         self.jpeg_quality = jpeg_quality
+        self.max_frame_bytes = max_frame_bytes
+        self.max_frame_pixels = max_frame_pixels
+        self.frame_deadline = frame_deadline
         self.safety_checker = safety_checker
         # Frames of several users run as one batch only where the pipeline can batch.
         self.max_batch = max_batch if hasattr(pipeline, "predict_batch") else 1
@@ -113,68 +144,207 @@ class Worker:
         self.frames_done = 0  # frames the model generated (not counting re-sent ones)
         self.frames_reused = 0
         self.batches = 0  # model calls: frames_done / batches is the mean batch size
+        self.restarts = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._lock = threading.Lock()  # guards _call (the thread and the supervisor)
+        self._call: _Call | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_started_at = 0.0
+        self._dead_since: float | None = None  # when the supervisor found the thread ended
+        self._quick_deaths = 0  # threads in a row that ended soon after starting
+
+    # --- the event loop's side ---
 
     def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread_started_at = time.monotonic()
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
         """Ask the thread to end; a frame being generated is not interrupted (the thread is a daemon)."""
         self._stop.set()
         self.sessions.wake()
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def state(self) -> WorkerState:
+        with self._lock:
+            call = self._call
+            busy_s = time.monotonic() - call.started_at if call else None
+            stalled = call is not None and call.expired
+        alive = self._thread is not None and self._thread.is_alive()
+        return WorkerState(alive=alive, busy_s=busy_s, stalled=stalled, restarts=self.restarts)
+
+    def supervise(self) -> None:
+        """Called on the event loop every fraction of a second: give up on a model call past the
+        deadline, and start a new thread if the thread has ended."""
+        self._expire_overdue()
+        if self._stop.is_set() or self._thread is None or self._thread.is_alive():
+            return
+        now = time.monotonic()
+        if self._dead_since is None:
+            self._dead_since = now
+            lived = now - self._thread_started_at
+            self._quick_deaths = self._quick_deaths + 1 if lived < QUICK_DEATH_S else 0
+            log.error("The inference thread ended after %.1f s", lived)
+        # A thread that ends as soon as it starts is not restarted in a busy loop.
+        if now - self._dead_since < RESTART_BACKOFF_S[min(self._quick_deaths, len(RESTART_BACKOFF_S) - 1)]:
+            return
+        self._dead_since = None
+        self.restarts += 1
+        log.error("Starting a new inference thread (restart %d)", self.restarts)
+        self.start()
+
+    async def supervise_forever(self, interval: float = 0.25) -> None:
+        while not self._stop.is_set():
+            self.supervise()
+            await asyncio.sleep(interval)
+
+    def _expire_overdue(self) -> None:
+        with self._lock:
+            call = self._call
+            if call is None or call.expired or time.monotonic() - call.started_at < self.frame_deadline:
+                return
+            call.expired = True
+        log.error(
+            "The model has taken over %g s (--frame-deadline) for sessions %s; giving up on those frames",
+            self.frame_deadline, ", ".join(source.short_id for source, _ in call.jobs),
+        )
+        message = f"The model took longer than {self.frame_deadline:g} s for this frame; it was dropped"
+        for source, frame in call.jobs:
+            self.sessions.finish(source)
+            source.deliver(Result(frame, call.started_at, time.monotonic(), error=message, error_kind="deadline"))
+
+    # --- the thread ---
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            jobs = self.sessions.take(timeout=0.5, max_batch=self.max_batch, key=batch_key, batch_wait=self.batch_wait)
+            try:
+                jobs = self.sessions.take(
+                    TAKE_TIMEOUT_S, max_batch=self.max_batch, key=batch_key, batch_wait=self.batch_wait
+                )
+            except Exception:  # a fault of this code, not of a frame; nothing was handed out
+                log.exception("The inference thread failed to take frames; it goes on")
+                self._stop.wait(TAKE_TIMEOUT_S)
+                continue
             if jobs:
                 self._process(jobs)
 
-    def _process(self, jobs: list[tuple[Session, Frame]]) -> None:
+    def _process(self, jobs: list[tuple[Source, Frame]]) -> None:
         started_at = time.monotonic()
-        results: dict[int, Result] = {}
+        with self._lock:
+            self._call = _Call(jobs, started_at)
+        try:
+            results = self._results(jobs, started_at)
+        except BaseException as error:  # a fault of this code, or the thread is ending: nobody waits for ever
+            if isinstance(error, Exception):
+                log.exception("The inference thread failed while serving a frame; it goes on")
+            if self._end_call() is not None:
+                now = time.monotonic()
+                self._deliver([(source, _error(frame, now, describe_model_error(error), "model")) for source, frame in jobs])
+            if not isinstance(error, Exception):
+                raise
+            return
+        finished_at = time.monotonic()
+        if self._end_call() is None:
+            log.warning("The model returned after %.1f s, past the deadline; its frames were dropped", finished_at - started_at)
+            return
+        for result in results:
+            result.finished_at = finished_at
+        self._deliver(list(zip((source for source, _ in jobs), results)))
+
+    def _end_call(self) -> _Call | None:
+        """The call that just ended, or None when the supervisor has already given up on it."""
+        with self._lock:
+            call, self._call = self._call, None
+        return None if call is None or call.expired else call
+
+    def _deliver(self, results: list[tuple[Source, Result]]) -> None:
+        for source, result in results:
+            self.sessions.finish(source)
+            try:
+                self.loop.call_soon_threadsafe(source.deliver, result)
+            except RuntimeError:  # the loop has closed: the server is shutting down
+                return
+
+    def _results(self, jobs: list[tuple[Source, Frame]], started_at: float) -> list[Result]:
+        """One result per job, in order: decoded, generated (or re-sent) and encoded, or an error."""
+        results: list[Result | None] = [None] * len(jobs)
+        images: list[Image.Image | None] = [None] * len(jobs)
         to_generate = []
-        for index, (session, frame) in enumerate(jobs):
-            reused = self.similarity_filter.reuse(session, frame) if self.similarity_filter else None
+        for index, (source, frame) in enumerate(jobs):
+            if frame.data is not None:
+                try:
+                    images[index] = decode_image(
+                        frame.data, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels,
+                        min_size=_params_size(frame),
+                    )
+                except FrameError as error:
+                    results[index] = _error(frame, started_at, str(error), "input")
+                    continue
+            reused = None
+            if self.similarity_filter and isinstance(source, Session) and images[index] is not None:
+                reused = self.similarity_filter.reuse(source, frame, images[index])
             if reused is not None:
                 results[index] = Result(frame, started_at, 0.0, reused.jpeg, reused.pixels, reused=True)
                 self.frames_reused += 1
             else:
                 to_generate.append(index)
         if to_generate:
-            results.update(self._generate([jobs[i] for i in to_generate], to_generate, started_at))
-        finished_at = time.monotonic()
-        for index, (session, frame) in enumerate(jobs):
-            result = results[index]
-            result.finished_at = finished_at
-            if self.similarity_filter and not result.reused:
-                self.similarity_filter.remember(session, frame, result)
-            self.sessions.finish(session)
-            try:
-                self.loop.call_soon_threadsafe(self.deliver, session, result)
-            except RuntimeError:  # the loop has closed: the server is shutting down
-                return
+            generated = self._generate([jobs[i][1] for i in to_generate], [images[i] for i in to_generate], started_at)
+            for index, result in zip(to_generate, generated):
+                results[index] = result
+                source = jobs[index][0]
+                if self.similarity_filter and isinstance(source, Session) and images[index] is not None:
+                    self.similarity_filter.remember(source, jobs[index][1], images[index], result)
+        return [result or _error(frame, started_at, "Model error: no result", "model") for result, (_, frame) in zip(results, jobs)]
 
-    def _generate(self, jobs: list[tuple[Session, Frame]], indices: list[int], started_at: float) -> dict[int, Result]:
-        frames = [frame for _, frame in jobs]
+    def _generate(self, frames: list[Frame], images: list[Image.Image | None], started_at: float) -> list[Result]:
         try:
             if len(frames) == 1:
-                images = [self.pipeline.predict(frames[0].params, frames[0].image)]
+                outputs = [self.pipeline.predict(frames[0].params, images[0])]
             else:
-                images = self.pipeline.predict_batch([f.params for f in frames], [f.image for f in frames])
-            results = {}
-            for index, frame, image in zip(indices, frames, images):
+                outputs = self.pipeline.predict_batch([f.params for f in frames], images)  # type: ignore[attr-defined]
+            if not isinstance(outputs, list) or len(outputs) != len(frames):
+                count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
+                raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
+            results = []
+            for frame, image in zip(frames, outputs):
+                image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)
                 pixels = rgb_pixels(image)
-                results[index] = Result(frame, started_at, 0.0, jpeg=encode_jpeg(pixels, self.jpeg_quality), pixels=pixels)
+                results.append(Result(frame, started_at, 0.0, jpeg=encode_jpeg(pixels, self.jpeg_quality), pixels=pixels))
             self.frames_done += len(frames)
             self.batches += 1
             return results
         except Exception as error:  # the clients hear of it; their next frames are tried again
-            log.exception("sessions %s: generating failed", ", ".join(s.short_id for s, _ in jobs))
-            if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            log.exception("Generating %d frame(s) failed", len(frames))
+            if _is_out_of_memory(error):
+                _free_gpu_cache()
             message = describe_model_error(error)
-            return {index: Result(frame, started_at, 0.0, error=message) for index, frame in zip(indices, frames)}
+            return [_error(frame, started_at, message, "model") for frame in frames]
+
+    @staticmethod
+    def _checked(frame: Frame, image: object) -> Image.Image:
+        if not isinstance(image, Image.Image):
+            raise PipelineFault(f"the pipeline returned a {type(image).__name__}, not an image")
+        size = _params_size(frame)
+        if size is not None and image.size != size:
+            raise PipelineFault(f"the pipeline returned a {image.width}x{image.height} image for {size[0]}x{size[1]}")
+        return image
+
+
+class PipelineFault(RuntimeError):
+    """A pipeline broke its contract (the wrong number, kind or size of images)."""
+
+
+def _error(frame: Frame, started_at: float, message: str, kind: ErrorKind) -> Result:
+    return Result(frame, started_at, 0.0, error=message, error_kind=kind)
+
+
+def _params_size(frame: Frame) -> tuple[int, int] | None:
+    """The output size the frame's parameters ask for, when they say (the input is decoded no larger
+    than needed to cover it)."""
+    width, height = getattr(frame.params, "width", None), getattr(frame.params, "height", None)
+    return (width, height) if isinstance(width, int) and isinstance(height, int) else None

@@ -15,7 +15,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import httpx
 import numpy as np
@@ -69,12 +69,17 @@ class RunningServer:
     def health(self) -> dict[str, Any]:
         return httpx.get(f"{self.http}/api/health", timeout=5).json()
 
-    def wait_for_users(self, count: int, timeout: float = 10.0) -> None:
+    def wait_for(self, condition: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
+        """Poll /api/health until `condition(health)` holds; the health that satisfied it."""
         deadline = time.monotonic() + timeout
-        while self.health()["users"] != count:
+        while not condition(health := self.health()):
             if time.monotonic() > deadline:
-                raise AssertionError(f"expected {count} users, server has {self.health()['users']}")
+                raise AssertionError(f"the server's health never satisfied the condition: {health}")
             time.sleep(0.05)
+        return health
+
+    def wait_for_users(self, count: int, timeout: float = 30.0) -> None:
+        self.wait_for(lambda health: health["users"] == count, timeout)
 
 
 @contextmanager

@@ -4,8 +4,10 @@ over defaults, bad values refused, and `--help` that documents every option with
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -14,7 +16,7 @@ from pipelines.base import ModelOptions
 from server.config import ENV_PREFIX, Config, parse
 from tests.live import SERVER_MAIN, server_env
 
-# Every option issue 2 names, as (flag, environment variable).
+# Options and their environment variables, as (flag, environment variable).
 OPTIONS = {
     "host": ("--host", "LIVE_DIFFUSION_HOST"),
     "port": ("--port", "LIVE_DIFFUSION_PORT"),
@@ -54,24 +56,41 @@ def field_of(error: ValidationError) -> set[str]:
 # --- defaults ---------------------------------------------------------------------------------
 
 
-def test_defaults():
+def test_defaults_keep_a_fresh_server_private_and_bounded():
     config = parse([])
-    assert config.host == "127.0.0.1"
-    assert config.port == 7860
-    assert config.pipeline == "img2img"
-    assert config.model_id == ""  # the pipeline's own model
-    assert config.device == "auto"
-    assert config.dtype == "auto"
-    assert config.taesd is True
-    assert config.tiny is False
-    assert config.torch_compile is False
-    assert config.ssl_certfile == config.ssl_keyfile == ""
-    assert config.log_level == "info"
-    assert 1 <= config.jpeg_quality <= 100
-    assert config.max_users >= 0 and config.idle_timeout >= 0 and config.max_session_length >= 0
+    assert config.host == "127.0.0.1"  # nobody else can connect until --host says so
+    assert config.max_users > 0 and config.max_viewers > 0  # users and viewers are bounded
+    assert not config.allowed_origins  # no other web site's page may use it
     # The caps must let a normal camera frame (1920x1080, a few hundred kB) through.
     assert config.max_frame_pixels >= 1920 * 1080
     assert config.max_frame_bytes >= 1_000_000
+
+
+def readme_options() -> dict[str, str]:
+    """{flag: default cell} of the README's configuration table."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = {}
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1].startswith("`LIVE_DIFFUSION") or len(cells) == 4 and cells[0] == "`--list-pipelines`":
+            for flag in re.findall(r"`(--[a-z-]+)`", cells[0]):
+                rows[flag] = cells[2]
+    return rows
+
+
+def test_the_readme_lists_every_option_with_its_real_default():
+    documented = readme_options()
+    for name, field in Config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        assert flag in documented, f"{flag} is missing from the README's configuration table"
+        cell, default = documented[flag], field.default
+        if isinstance(default, bool):
+            assert cell in ("on" if default else "off", ""), (flag, cell)
+        elif isinstance(default, (int, float)):
+            shown = re.match(r"`([-0-9.]+)`", cell)
+            assert shown and float(shown.group(1)) == default, (flag, cell, default)
+        elif isinstance(default, str) and default:
+            assert cell.startswith(f"`{default}`"), (flag, cell, default)
 
 
 # --- precedence: CLI > environment > default ---------------------------------------------------

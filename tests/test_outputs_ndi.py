@@ -103,7 +103,7 @@ def test_a_streaming_session_is_an_ndi_source_with_its_frames(server, finder):
     async def scenario():
         client = Client(server)
         await client.connect()
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # time for a source that should not exist to show up
         before_stream = await asyncio.to_thread(sources, finder)  # connected, not yet streaming
         async with httpx.AsyncClient(timeout=60) as http:
             stream = mjpeg_frames(server, client.user_id, http)
@@ -174,7 +174,6 @@ def test_two_sessions_are_two_sources_with_their_own_frames(server, finder):
             for pump in pumps:
                 pump.cancel()
             await first.close()
-            await asyncio.sleep(1.0)
             left = await wait_for_sources(finder, {source_name(second)})  # one ended, the other lives on
             await second.close()
             await wait_for_sources(finder, set())

@@ -170,10 +170,10 @@ def test_sessions_start_their_outputs_with_the_stream_and_stop_them_when_they_en
     sessions = SessionManager(0, outputs=session_outputs)
     session = sessions.open(SESSION_ID, params=None)  # type: ignore[arg-type]
     assert publishers.made == []  # connected, not streaming: no Syphon server yet
-    sessions.set_streaming(session, True)
+    sessions.open_stream(session)
     wait_until(lambda: len(publishers.made) == 1)
-    sessions.set_streaming(session, False)
-    sessions.set_streaming(session, True)  # a reloaded stream keeps the same server
+    sessions.close_stream(session)
+    sessions.open_stream(session)  # a reloaded stream keeps the same server
     session.outputs[0].send(frame(5))
     wait_until(lambda: made[0].frames_sent == 1)
     sessions.close(session)

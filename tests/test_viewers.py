@@ -54,7 +54,7 @@ def test_three_viewers_get_the_owners_frames_for_one_inference_each(server):
             assert token != owner.user_id and owner.user_id not in token
             # The viewers are watching before the first frame, so they can see every one of them.
             viewers = [asyncio.create_task(take(view_frames(server, token, http), 6)) for _ in range(3)]
-            await asyncio.sleep(0.5)
+            await asyncio.to_thread(server.wait_for, lambda health: health["viewers"] == 3)
             watching = metric(server, "live_diffusion_viewers")
             generated_before = server.health()["frames_generated"]
             owner_stream = mjpeg_frames(server, owner.user_id, http)
@@ -118,6 +118,28 @@ def test_the_link_dies_with_the_session(server):
     after, token_after = asyncio.run(scenario())
     assert after.status_code == 404 and "ended" in after.json()["detail"]
     assert token_after.status_code == 404
+
+
+def test_viewers_of_a_session_are_bounded(server):
+    """--max-viewers (8 by default): the ninth viewer of a session is refused, the others go on."""
+
+    async def scenario():
+        owner = Client(server)
+        await owner.connect()
+        async with httpx.AsyncClient(timeout=60) as http:
+            token = await viewer_token(server, owner.user_id, http)
+            viewers = [asyncio.create_task(take(view_frames(server, token, http), 1)) for _ in range(8)]
+            await asyncio.to_thread(server.wait_for, lambda health: health["viewers"] == 8)
+            refused = await http.get(f"{server.http}/api/view/{token}")
+            owner_stream = asyncio.create_task(take(mjpeg_frames(server, owner.user_id, http), 1))
+            pump = asyncio.create_task(owner.pump(PARAMS))
+            assert [len(frames) for frames in await asyncio.gather(owner_stream, *viewers)] == [1] * 9
+            pump.cancel()
+        await owner.close()
+        return refused
+
+    refused = asyncio.run(scenario())
+    assert refused.status_code == 429 and "limit is 8" in refused.json()["detail"]
 
 
 @pytest.mark.parametrize("token", ["not-a-token", "A" * 24, str(uuid.uuid4())], ids=["word", "token-shaped", "uuid"])
