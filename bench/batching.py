@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from PIL import Image  # noqa: E402
 
 from bench.model_path import CASES, build_components, build_ours  # noqa: E402
-from pipelines.common import resolve_device, resolve_dtype  # noqa: E402
+from pipelines._device import resolve_device, resolve_dtype  # noqa: E402
 
 
 def main() -> None:

@@ -9,8 +9,17 @@ import time
 import torch
 from PIL import Image, ImageOps
 
-from pipelines.base import BatchPipeline, ModelOptions, ParamsModel, PipelineInfo, checkbox_field, prompt_field, range_field, size_field
-from pipelines.common import crop_to_fill
+from pipelines import (
+    BatchPipeline,
+    ModelOptions,
+    ParamsModel,
+    PipelineInfo,
+    checkbox_field,
+    prompt_field,
+    range_field,
+    size_field,
+)
+from pipelines._images import crop_to_fill
 
 MODEL_ID = "echo"
 

@@ -2,7 +2,7 @@
 
 The architectures (configs) are those of the models the pipelines load, written out here: compute
 cost depends on the shapes, not on the weights' values, so these measure the real per-frame cost
-on any machine, hub or not. Builders return the same dicts as `pipelines.tiny` (unet, vae,
+on any machine, hub or not. Builders return the same dicts as `pipelines._tiny` (unet, vae,
 text_encoder, tokenizer), so the two are interchangeable in the benchmarks.
 
 | builder | stands in for |
@@ -15,7 +15,7 @@ text_encoder, tokenizer), so the two are interchangeable in the benchmarks.
 | `autoencoder_kl()` | the SD1.x/2.x VAE (`vae` of both models above) |
 | `taesd()` | madebyollin/taesd (`AutoencoderTiny`'s default config is TAESD's) |
 
-The tokenizer is `pipelines.tiny.tiny_tokenizer()` (byte-level, one token per character): the real
+The tokenizer is `pipelines._tiny.tiny_tokenizer()` (byte-level, one token per character): the real
 CLIP vocabulary is not on this machine. Token ids only index the embedding table, and every
 encoder output is padded to 77 tokens as with the real tokenizer as long as the prompt fits in 75
 characters: the benchmarks use such a prompt, so the UNet sees 77-token embeddings as in production.
@@ -29,7 +29,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from pipelines import tiny
+from pipelines import _tiny as tiny
 
 SEED = 0
 
@@ -137,13 +137,13 @@ def controlnet(unet: UNet2DConditionModel, seed: int = SEED) -> ControlNetModel:
 
 
 def sd15(lcm: bool = True, seed: int = SEED) -> dict[str, Any]:
-    """Full-size LCM_Dreamshaper_v7-shaped components, as `pipelines.tiny.tiny_sd15` returns them."""
+    """Full-size LCM_Dreamshaper_v7-shaped components, as `pipelines._tiny.tiny_sd15` returns them."""
     return {"unet": sd15_unet(lcm, seed), "vae": autoencoder_kl(seed), "text_encoder": clip_vit_l(seed),
             "tokenizer": tiny.tiny_tokenizer()}
 
 
 def sd21(seed: int = SEED) -> dict[str, Any]:
-    """Full-size sd-turbo-shaped components, as `pipelines.tiny.tiny_sd21` returns them."""
+    """Full-size sd-turbo-shaped components, as `pipelines._tiny.tiny_sd21` returns them."""
     return {"unet": sd21_unet(seed), "vae": autoencoder_kl(seed), "text_encoder": open_clip_vit_h(seed),
             "tokenizer": tiny.tiny_tokenizer()}
 

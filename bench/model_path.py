@@ -26,7 +26,7 @@ frame runs, in this order, on the same camera-like input:
   does img2img, `num_inference_steps=2, strength=0.5`, since diffusers refuses 1 step at 0.5.
 
 How ours gets full-size models. With `tiny=True` a pipeline module builds its components by calling
-the builders of `pipelines.tiny` (`tiny_sd15`, `tiny_sd21`, `tiny_controlnet`, `tiny_taesd`), looked up
+the builders of `pipelines._tiny` (`tiny_sd15`, `tiny_sd21`, `tiny_controlnet`, `tiny_taesd`), looked up
 as module attributes when `Pipeline.__init__` runs. The benchmark points those names at full-size
 builders for the duration of that one constructor call, so the module's own `__init__` runs
 unchanged on full-size models: `build_pipeline` (the cast to the run dtype), the scheduler, LoRAs,
@@ -100,7 +100,7 @@ CASES = {
 
 def build_components(case: Case, full: bool) -> dict[str, Any]:
     """Fresh unet, vae (AutoencoderKL), text_encoder, tokenizer, taesd and (ControlNet) controlnet."""
-    from pipelines import tiny
+    from pipelines import _tiny as tiny
 
     if full:
         from bench import full_size
@@ -119,8 +119,8 @@ def build_components(case: Case, full: bool) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def full_size_builders(components: dict[str, Any]) -> Iterator[None]:
-    """Point `pipelines.tiny`'s builders at `components` while a pipeline module is constructed."""
-    from pipelines import tiny
+    """Point `pipelines._tiny`'s builders at `components` while a pipeline module is constructed."""
+    from pipelines import _tiny as tiny
 
     base = {key: components[key] for key in ("unet", "vae", "text_encoder", "tokenizer")}
     replacements = {
@@ -145,7 +145,7 @@ def _unwrapped(module: Any) -> Any:
 
 def build_ours(case: Case, components: dict[str, Any], full: bool, device: Any, dtype: Any, compile_: bool) -> Any:
     import pipelines
-    from pipelines.base import ModelOptions
+    from pipelines import ModelOptions
 
     module = pipelines.load_module(case.name)
     options = ModelOptions(tiny=True, torch_compile=compile_)
@@ -161,7 +161,7 @@ def build_ours(case: Case, components: dict[str, Any], full: bool, device: Any, 
         if _unwrapped(getattr(pipe, name, None)) is not model:
             raise SystemExit(
                 f"model_path: pipelines/{case.name}.py did not take the full-size {name} through "
-                "pipelines.tiny's builders (its miniature models are built another way now): update "
+                "pipelines._tiny's builders (its miniature models are built another way now): update "
                 "build_ours() in bench/model_path.py."
             )
     return pipeline
@@ -441,7 +441,7 @@ def targets(results: list[dict[str, Any]], settings: dict[str, Any], quick: bool
         measured = "-" if check["measured"] is None else f"{check['measured']:.2f}"
         rows.append([check["target"], measured, verdict])
         check["verdict"] = verdict
-    return report.table(["target (issue 6)", "median", "verdict"], rows, "lrl"), checks
+    return report.table(["target", "median", "verdict"], rows, "lrl"), checks
 
 
 # --- main ---------------------------------------------------------------------------------------------
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from pipelines.common import cpu_supports_bfloat16, resolve_device, resolve_dtype
+    from pipelines._device import cpu_supports_bfloat16, resolve_device, resolve_dtype
 
     if args.threads:
         torch.set_num_threads(args.threads)

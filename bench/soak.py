@@ -68,8 +68,8 @@ import simplejpeg  # noqa: E402
 import websockets  # noqa: E402
 
 from bench import report  # noqa: E402
-from bench.serving_path import NUMBER_BITS, background, gpu_name, read_stamp, stamp  # noqa: E402
-from tests.live import Client, RunningServer, mjpeg_frames, run_server  # noqa: E402
+from bench.live import NUMBER_BITS, Client, RunningServer, camera_pixels, mjpeg_frames, read_stamp, run_server, stamp  # noqa: E402
+from bench.serving_path import CAMERA_NOISE, gpu_name  # noqa: E402
 
 PIPELINE = "bench.echo_pipeline"
 JPEG_QUALITY = 90
@@ -165,7 +165,8 @@ class FrameBank:
         key = (marker, seq % self.per_marker)
         if key not in self._jpegs:
             if marker not in self._backgrounds:
-                self._backgrounds[marker] = background(marker, self.size)  # a different picture per marker
+                # A different picture per marker.
+                self._backgrounds[marker] = camera_pixels(marker, self.size, self.size, noise=CAMERA_NOISE)
             pixels = self._backgrounds[marker].copy()
             stamp(pixels, marker << SEQ_BITS | key[1])
             self._jpegs[key] = simplejpeg.encode_jpeg(pixels, quality=JPEG_QUALITY, colorspace="RGB")
@@ -182,7 +183,7 @@ def read_marker(jpeg: bytes) -> tuple[int, int] | None:
 
 
 class SoakUser:
-    """One user for the whole run: tests.live's Client answering send_frame, and its MJPEG stream."""
+    """One user for the whole run: bench/live.py's Client answering send_frame, and its MJPEG stream."""
 
     def __init__(self, target: Target, http: httpx.AsyncClient, bank: FrameBank, marker: int,
                  params: dict[str, Any]) -> None:

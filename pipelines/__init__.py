@@ -1,8 +1,13 @@
-"""The pipeline factory: every module in this package (but the shared ones) is a pipeline.
+"""The pipeline factory, and the contract every pipeline module follows.
 
     import pipelines
     pipe = pipelines.load("img2img", tiny=True)
     image = pipe.predict(pipe.InputParams(prompt="a cat"), camera_frame)
+
+Every module of this package is a pipeline, except the shared mechanics, whose names start with an
+underscore: `_base` (the contract: `PipelineInfo`, `ParamsModel` and its field helpers, exported
+here), `_loading`, `_device`, `_prompts`, `_denoise`, `_lora`, `_images`, `_safety`, `_pipeline`
+(the base class of the diffusers pipelines) and `_tiny` (miniature models).
 """
 
 from __future__ import annotations
@@ -12,10 +17,36 @@ import pkgutil
 from types import ModuleType
 from typing import Any
 
-from pipelines.base import ModelOptions, Pipeline
+from pipelines._base import (
+    CFG_GUIDANCE,
+    LCM_GUIDANCE,
+    BatchPipeline,
+    ModelLoadError,
+    ModelMismatch,
+    ModelOptions,
+    ModelUnavailable,
+    ParamsModel,
+    Pipeline,
+    PipelineInfo,
+    batch_key,
+    checkbox_field,
+    guidance_field,
+    negative_prompt_field,
+    prompt_field,
+    range_field,
+    seed_field,
+    select_field,
+    size_field,
+    steps_field,
+    strength_field,
+)
 
-# Modules of this package that hold shared mechanics rather than a pipeline.
-_SHARED_MODULES = {"base", "common", "tiny"}
+__all__ = [
+    "CFG_GUIDANCE", "LCM_GUIDANCE", "BatchPipeline", "ModelLoadError", "ModelMismatch", "ModelOptions", "ModelUnavailable", "ParamsModel",
+    "Pipeline", "PipelineInfo", "UnknownPipeline", "available", "batch_key", "checkbox_field", "guidance_field",
+    "load", "load_module", "negative_prompt_field", "prompt_field", "range_field", "seed_field", "select_field",
+    "size_field", "steps_field", "strength_field",
+]
 
 
 class UnknownPipeline(ValueError):
@@ -29,7 +60,7 @@ def available() -> list[str]:
     return sorted(
         module.name
         for module in pkgutil.iter_modules(__path__)
-        if not module.name.startswith("_") and module.name not in _SHARED_MODULES
+        if not module.name.startswith("_")
     )
 
 
@@ -54,7 +85,7 @@ def load_module(name: str) -> ModuleType:
 
 def load(name: str, device: str = "auto", dtype: str = "auto", **options: Any) -> Pipeline:
     """Build a pipeline by name for use as a library; `options` are `ModelOptions` fields."""
-    from pipelines.common import resolve_device, resolve_dtype
+    from pipelines._device import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
     return load_module(name).Pipeline(ModelOptions(**options), torch_device, resolve_dtype(dtype, torch_device))

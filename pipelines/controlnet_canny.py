@@ -10,8 +10,8 @@ from diffusers import ControlNetModel, LCMScheduler, StableDiffusionControlNetIm
 from PIL import Image
 from pydantic import model_validator
 
-from pipelines import common, tiny
-from pipelines.base import (
+from pipelines import (
+    LCM_GUIDANCE,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -25,6 +25,10 @@ from pipelines.base import (
     steps_field,
     strength_field,
 )
+from pipelines import _tiny as tiny
+from pipelines._denoise import Control
+from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline, load_model
+from pipelines._pipeline import DiffusersPipeline
 
 MODEL_ID = "SimianLuo/LCM_Dreamshaper_v7"
 CONTROLNET_ID = "lllyasviel/control_v11p_sd15_canny"
@@ -51,7 +55,7 @@ class InputParams(ParamsModel):
     negative_prompt: str = negative_prompt_field()
     seed: int = seed_field(2159232)
     steps: int = steps_field(4)
-    guidance_scale: float = guidance_field(0.2)
+    guidance_scale: float = guidance_field(0.2, LCM_GUIDANCE)
     strength: float = strength_field()
     controlnet_scale: float = range_field(0.8, 0.0, 2.0, 0.01, "ControlNet scale", description="How strongly the edges hold")
     control_start: float = range_field(0.0, 0.0, 1.0, 0.01, "ControlNet start", hide=True)
@@ -85,22 +89,22 @@ def with_edges_in_corner(output: Image.Image, edges: np.ndarray) -> Image.Image:
 
 def _tiny_components() -> dict:
     components = tiny.tiny_sd15(lcm=True)
-    return {**components, "controlnet": tiny.tiny_controlnet(components["unet"]), "scheduler": LCMScheduler(**common.SD_BETAS)}
+    return {**components, "controlnet": tiny.tiny_controlnet(components["unet"]), "scheduler": LCMScheduler(**SD_BETAS)}
 
 
-class Pipeline(common.DiffusersPipeline):
+class Pipeline(DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-        controlnet = None if config.tiny else common.load_model(ControlNetModel, config.controlnet_id or CONTROLNET_ID, dtype)
-        self.pipe = common.build_pipeline(
+        controlnet = None if config.tiny else load_model(ControlNetModel, config.controlnet_id or CONTROLNET_ID, dtype)
+        self.pipe = build_pipeline(
             StableDiffusionControlNetImg2ImgPipeline,
             config,
             MODEL_ID,
             dtype,
             tiny_components=_tiny_components,
             controlnet=controlnet,
-            **common.NO_SAFETY_CHECKER,
+            **NO_SAFETY_CHECKER,
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
         self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)
@@ -112,7 +116,7 @@ class Pipeline(common.DiffusersPipeline):
         edges = [canny(frame, shared.canny_low, shared.canny_high) for frame in frames]
         unet = self.pipe.unet
         control_image = torch.from_numpy(np.stack(edges)).to(unet.device)[:, None].expand(-1, 3, -1, -1).to(unet.dtype) / 255
-        control = common.Control(
+        control = Control(
             self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
         )
         outputs = self.generate(batch, frames, control)

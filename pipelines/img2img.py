@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
 
-from pipelines import common, tiny
-from pipelines.base import (
+from pipelines import (
+    LCM_GUIDANCE,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -18,6 +18,9 @@ from pipelines.base import (
     steps_field,
     strength_field,
 )
+from pipelines import _tiny as tiny
+from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline
+from pipelines._pipeline import DiffusersPipeline
 
 MODEL_ID = "SimianLuo/LCM_Dreamshaper_v7"
 TAESD_ID = "madebyollin/taesd"
@@ -49,23 +52,23 @@ class InputParams(ParamsModel):
     negative_prompt: str = negative_prompt_field()
     seed: int = seed_field(2159232)
     steps: int = steps_field(4)
-    guidance_scale: float = guidance_field(0.2)
+    guidance_scale: float = guidance_field(0.2, LCM_GUIDANCE)
     strength: float = strength_field()
     width: int = size_field(512, "Width")
     height: int = size_field(512, "Height")
 
 
-class Pipeline(common.DiffusersPipeline):
+class Pipeline(DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = common.build_pipeline(
+        self.pipe = build_pipeline(
             StableDiffusionImg2ImgPipeline,
             config,
             MODEL_ID,
             dtype,
-            tiny_components=lambda: {**tiny.tiny_sd15(lcm=True), "scheduler": LCMScheduler(**common.SD_BETAS)},
-            **common.NO_SAFETY_CHECKER,
+            tiny_components=lambda: {**tiny.tiny_sd15(lcm=True), "scheduler": LCMScheduler(**SD_BETAS)},
+            **NO_SAFETY_CHECKER,
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
         self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)

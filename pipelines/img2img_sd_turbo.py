@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 
-from pipelines import common, tiny
-from pipelines.base import (
+from pipelines import (
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -18,6 +17,9 @@ from pipelines.base import (
     steps_field,
     strength_field,
 )
+from pipelines import _tiny as tiny
+from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline
+from pipelines._pipeline import DiffusersPipeline
 
 MODEL_ID = "stabilityai/sd-turbo"
 TAESD_ID = "madebyollin/taesd"  # SD 2.x shares SD 1.x's latent space
@@ -48,19 +50,19 @@ class InputParams(ParamsModel):
     height: int = size_field(512, "Height")
 
 
-class Pipeline(common.DiffusersPipeline):
+class Pipeline(DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = common.build_pipeline(
+        self.pipe = build_pipeline(
             StableDiffusionImg2ImgPipeline,
             config,
             MODEL_ID,
             dtype,
             tiny_components=lambda: {
                 **tiny.tiny_sd21(),
-                "scheduler": EulerDiscreteScheduler(**common.SD_BETAS, timestep_spacing="trailing"),
+                "scheduler": EulerDiscreteScheduler(**SD_BETAS, timestep_spacing="trailing"),
             },
-            **common.NO_SAFETY_CHECKER,
+            **NO_SAFETY_CHECKER,
         )
         self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)

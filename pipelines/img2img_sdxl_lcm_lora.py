@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, LCMScheduler, StableDiffusionXLImg2ImgPipeline
 
-from pipelines import common, tiny
-from pipelines.base import (
+from pipelines import (
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -19,6 +18,10 @@ from pipelines.base import (
     steps_field,
     strength_field,
 )
+from pipelines import _tiny as tiny
+from pipelines._loading import SD_BETAS, build_pipeline, load_model
+from pipelines._lora import fuse_lora
+from pipelines._pipeline import DiffusersPipeline
 
 MODEL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 LCM_LORA_ID = "latent-consistency/lcm-lora-sdxl"
@@ -53,22 +56,22 @@ class InputParams(ParamsModel):
     height: int = size_field(768, "Height", ge=512)
 
 
-class Pipeline(common.DiffusersPipeline):
+class Pipeline(DiffusersPipeline):
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = common.build_pipeline(
+        self.pipe = build_pipeline(
             StableDiffusionXLImg2ImgPipeline,
             config,
             MODEL_ID,
             dtype,
-            tiny_components=lambda: {**tiny.tiny_sdxl(), "scheduler": LCMScheduler(**common.SD_BETAS)},
+            tiny_components=lambda: {**tiny.tiny_sdxl(), "scheduler": LCMScheduler(**SD_BETAS)},
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
         if config.tiny:
-            common.fuse_lora(self.pipe, tiny.tiny_lora(self.pipe.unet), "lcm")
+            fuse_lora(self.pipe, tiny.tiny_lora(self.pipe.unet), "lcm")
         elif config.lcm_lora_id != "none":  # 'none': an SDXL model that is fast already (LCM, Turbo, Lightning)
-            common.fuse_lora(self.pipe, config.lcm_lora_id or LCM_LORA_ID, "lcm")
+            fuse_lora(self.pipe, config.lcm_lora_id or LCM_LORA_ID, "lcm")
         if not config.taesd and dtype == torch.float16 and not config.tiny:
-            self.pipe.vae = common.load_model(AutoencoderKL, FP16_VAE_ID, dtype)
+            self.pipe.vae = load_model(AutoencoderKL, FP16_VAE_ID, dtype)
         self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesdxl, sdxl=True)

@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 from diffusers import LCMScheduler, StableDiffusionPipeline
 
-from pipelines import common, tiny
-from pipelines.base import (
+from pipelines import (
+    LCM_GUIDANCE,
     ModelOptions,
     ParamsModel,
     PipelineInfo,
@@ -20,6 +20,9 @@ from pipelines.base import (
     size_field,
     steps_field,
 )
+from pipelines import _tiny as tiny
+from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline
+from pipelines._pipeline import DiffusersPipeline
 
 MODEL_ID = "SimianLuo/LCM_Dreamshaper_v7"
 TAESD_ID = "madebyollin/taesd"
@@ -45,24 +48,24 @@ class InputParams(ParamsModel):
     negative_prompt: str = negative_prompt_field()
     seed: int = seed_field(2159232)
     steps: int = steps_field(4)
-    guidance_scale: float = guidance_field(0.2)
+    guidance_scale: float = guidance_field(0.2, LCM_GUIDANCE)
     width: int = size_field(512, "Width")
     height: int = size_field(512, "Height")
 
 
-class Pipeline(common.DiffusersPipeline):
+class Pipeline(DiffusersPipeline):
     """Text to image: the inherited frame loop, with no frames."""
 
     InputParams = InputParams
 
     def __init__(self, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-        self.pipe = common.build_pipeline(
+        self.pipe = build_pipeline(
             StableDiffusionPipeline,
             config,
             MODEL_ID,
             dtype,
-            tiny_components=lambda: {**tiny.tiny_sd15(lcm=True), "scheduler": LCMScheduler(**common.SD_BETAS)},
-            **common.NO_SAFETY_CHECKER,
+            tiny_components=lambda: {**tiny.tiny_sd15(lcm=True), "scheduler": LCMScheduler(**SD_BETAS)},
+            **NO_SAFETY_CHECKER,
         )
         self.pipe.scheduler = LCMScheduler.from_config(self.pipe.scheduler.config)
         self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)

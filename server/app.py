@@ -13,12 +13,17 @@ from typing import Any, AsyncIterator, Callable, Literal
 import markdown2
 from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from pipelines.base import Pipeline
+from pipelines import Pipeline
 from server import oneshot, protocol, streaming
 from server.config import Config
 from server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -99,6 +104,7 @@ class LiveServer:
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)
     worker: Worker | None = None
     loop: asyncio.AbstractEventLoop | None = None
+    conversations: set[asyncio.Task[Any]] = field(default_factory=set)  # websocket conversations running
 
     def begin_shutdown(self) -> None:
         """End every session and stream now (Ctrl-C): safe to call from any thread."""
@@ -114,6 +120,11 @@ class LiveServer:
             except asyncio.QueueFull:
                 pass
             self.sessions.close(session)
+
+    async def conversations_ended(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) for the conversations to send their last words and close."""
+        if self.conversations:
+            await asyncio.wait(set(self.conversations), timeout=timeout)
 
     def model_available(self) -> bool:
         """The inference thread runs and is not stuck past the frame deadline."""
@@ -191,18 +202,24 @@ def create_app(
     @app.websocket("/api/ws/{user_id}")
     async def websocket(websocket: WebSocket, user_id: str) -> None:
         conversation = protocol.Conversation(websocket, live.sessions, pipeline.InputParams, info.input_mode, config)
-        await conversation.run(user_id)
+        task = asyncio.current_task()
+        assert task is not None
+        live.conversations.add(task)
+        try:
+            await conversation.run(user_id)
+        finally:
+            live.conversations.discard(task)
 
     @app.get(
         "/api/stream/{user_id}",
         response_class=StreamingResponse,
         responses={404: {"model": oneshot.ErrorResponse}, 429: {"model": oneshot.ErrorResponse}},
     )
-    async def stream(user_id: str, request: Request) -> Response:
+    async def stream(user_id: str) -> Response:
         """The session's MJPEG stream. Every open stream of a session gets every frame (a few per session)."""
         session = session_of(user_id)
         try:
-            return streaming.session_stream(session, live.sessions, request, live.shutdown)
+            return streaming.session_stream(session, live.sessions)
         except TooManyStreams as error:
             raise HTTPException(429, str(error)) from None
 
@@ -259,13 +276,13 @@ def create_app(
         response_class=StreamingResponse,
         responses={404: {"model": oneshot.ErrorResponse}, 429: {"model": oneshot.ErrorResponse}},
     )
-    async def view(token: str, request: Request) -> Response:
+    async def view(token: str) -> Response:
         """A session's MJPEG stream for read-only viewers (up to --max-viewers), until the session ends."""
         session = live.sessions.get_by_viewer_token(token)
         if session is None:
             raise HTTPException(404, "No session has this viewer link: the session has ended, or the link is wrong")
         try:
-            return streaming.viewer_stream(session, live.sessions, request, live.shutdown, metrics.viewers)
+            return streaming.viewer_stream(session, live.sessions, metrics.viewers)
         except TooManyStreams as error:
             raise HTTPException(429, str(error)) from None
 

@@ -7,7 +7,7 @@ from typing import Literal, Sequence
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from pipelines.base import ModelOptions
+from pipelines import ModelOptions
 
 ENV_PREFIX = "LIVE_DIFFUSION_"
 DEFAULT_MAX_USERS = 8  # a GPU serves a handful of users in real time; also what a LAN or public server admits

@@ -55,21 +55,54 @@ class Server(uvicorn.Server):
         self.live.begin_shutdown()
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: Any = None) -> None:
+        # Each websocket client hears "Server is shutting down" before uvicorn closes the connections.
+        await self.live.conversations_ended(timeout=1.0)
+        await super().shutdown(sockets)
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse instead of returning it to the system at once.
+
+    Every frame allocates a few buffers of about a megabyte (the decoded frame, the image, the JPEG);
+    by default glibc gives each back to the system as soon as it is freed (its top-of-heap trim and
+    its mmap threshold) and page-faults it in again for the next frame. That cost as much CPU as all
+    the rest of the serving path besides the JPEG codec (docs/benchmarks.md, serving path). Frames up
+    to 32 MB (the default limit of --max-frame-pixels decodes to 12 MB) now reuse freed memory; what
+    is kept is bounded by what the busiest moment used. Linux with glibc only; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 * 2**20)
+    mallopt(m_trim_threshold, 256 * 2**20)
+
 
 def load_pipeline(config: Config) -> tuple[Any, Any, Any, str, str]:
     """Import the pipeline module, build it (and the safety checker), warm it up.
     Returns (module, pipeline, safety checker or None, device, dtype)."""
     import pipelines
-    from pipelines.common import SafetyChecker, resolve_device, resolve_dtype
 
-    module = pipelines.load_module(config.pipeline)
+    module = pipelines.load_module(config.pipeline)  # an unknown name fails here, before torch loads
+    from pipelines._device import resolve_device, resolve_dtype
+
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
     model = "miniature random models (--tiny)" if config.tiny else (config.model_id or module.MODEL_ID)
     log.info("Loading pipeline %r: %s on %s, %s", config.pipeline, model, device, str(dtype).removeprefix("torch."))
     started = time.perf_counter()
     pipeline = module.Pipeline(config.model_options(), device, dtype)
-    safety_checker = SafetyChecker(config.model_options(), device, dtype) if config.safety_checker else None
+    safety_checker = None
+    if config.safety_checker:
+        from pipelines._safety import SafetyChecker
+
+        safety_checker = SafetyChecker(config.model_options(), device, dtype)
     loaded = time.perf_counter()
     log.info("Model loaded in %.1f s; warming up", loaded - started)
     _warm_up(module, pipeline)
@@ -99,9 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.logs import setup_logging
 
     setup_logging(config.log_level)
+    keep_freed_memory()
 
     import pipelines
-    from pipelines.common import ModelLoadError
 
     if config.list_pipelines:
         print("\n".join(pipelines.available()))
@@ -118,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except pipelines.UnknownPipeline as error:
         log.error("%s", error)
         return 2
-    except ModelLoadError as error:
+    except pipelines.ModelLoadError as error:
         log.error("%s", error)
         return 1
 
@@ -147,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ssl_keyfile=keyfile or None,
             ws=protocol_class(),
             ws_max_size=config.max_frame_bytes * 2,  # larger frames get a clear error, not a dropped socket
+            ws_per_message_deflate=False,  # JPEG frames do not compress: deflating them only costs CPU at both ends
             timeout_graceful_shutdown=1,
             log_config=None,
             log_level=config.log_level,

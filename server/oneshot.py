@@ -27,7 +27,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import FormParser, MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from pipelines.base import ParamsModel
+from pipelines import ParamsModel
 from server.imaging import FrameError, FrameTooLarge, UnsupportedFrame, check_image
 from server.protocol import describe_validation_error
 from server.sessions import Frame, Job, Result, SessionManager

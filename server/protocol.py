@@ -24,10 +24,17 @@ from typing import Any, Literal
 from pydantic import ValidationError
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from pipelines.base import ParamsModel
+from pipelines import ParamsModel
 from server.config import Config
 from server.imaging import FrameError, check_jpeg
-from server.sessions import AlreadyConnected, Frame, ServerFull, Session, SessionManager, canonical_user_id
+from server.sessions import (
+    AlreadyConnected,
+    Frame,
+    ServerFull,
+    Session,
+    SessionManager,
+    canonical_user_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,10 @@ class Conversation:
         self.expecting: Expecting = "status"
         self.params: ParamsModel | None = None  # validated, waiting for its image
         self.errors_in_a_row = 0
+        # The page sends the same parameters with every frame: the last text and what it validated to,
+        # so an unchanged message costs neither JSON parsing nor validation.
+        self._last_params_text: str | None = None
+        self._last_params: ParamsModel | None = None
 
     async def run(self, user_id: str) -> None:
         await self.ws.accept()
@@ -99,15 +110,16 @@ class Conversation:
         session.send({"status": "wait"})
         reader = asyncio.create_task(self._read(session))
         writer = asyncio.create_task(self._write(session))
+        tasks = {reader, writer, asyncio.create_task(session.ended.wait())}  # ended: by shutdown, say
+        if self.config.idle_timeout or self.config.max_session_length:
+            tasks.add(asyncio.create_task(self._time_out(session)))
         try:
-            done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if writer not in done:  # the client left, or a timeout: what is queued (the reason) goes out
                 await self._flush(session, writer)
-            else:
-                reader.cancel()
         finally:
-            reader.cancel()
-            writer.cancel()
+            for task in tasks:
+                task.cancel()
             self.sessions.close(session)
             await self._close_socket()
             log.info(
@@ -155,7 +167,7 @@ class Conversation:
         while (message := await session.outbox.get()) is not None:
             await self.ws.send_text(json.dumps(message))
 
-    def _time_left(self, session: Session) -> tuple[float | None, str]:
+    def _time_left(self, session: Session) -> tuple[float, str]:
         now = time.monotonic()
         limits = []
         if self.config.idle_timeout:
@@ -168,19 +180,21 @@ class Conversation:
                 session.created_at + self.config.max_session_length - now,
                 f"Session ended: the limit is {self.config.max_session_length:g} s a session",
             ))
-        if not limits:
-            return None, ""
         return min(limits)
+
+    async def _time_out(self, session: Session) -> None:
+        """Sleep until the session's idle timeout or length limit, whichever comes first; activity in
+        the meantime moves the idle deadline, so look again then."""
+        while (time_left := self._time_left(session))[0] > 0:
+            await asyncio.sleep(time_left[0])
+        reason = time_left[1]
+        log.info("session %s: %s", session.short_id, reason)
+        session.send({"status": "timeout", "message": reason})
 
     async def _read(self, session: Session) -> None:
         while not session.closed:
-            time_left, reason = self._time_left(session)
             try:
-                message = await asyncio.wait_for(self.ws.receive(), max(time_left, 0) if time_left is not None else None)
-            except asyncio.TimeoutError:
-                log.info("session %s: %s", session.short_id, reason)
-                session.send({"status": "timeout", "message": reason})
-                return
+                message = await self.ws.receive()
             except (WebSocketDisconnect, RuntimeError):
                 return
             if message["type"] == "websocket.disconnect":
@@ -229,19 +243,25 @@ class Conversation:
             self._refuse(session, f"Unknown status {str(message['status'])[:64]!r}")
 
     def _on_params(self, session: Session, text: str) -> None:
-        try:
-            values = parse_json(text)
-        except ValueError as error:
-            self._refuse(session, str(error), skip_image=True)
-            return
-        if not isinstance(values, dict):
-            self._refuse(session, "Parameters must be a JSON object", skip_image=True)
-            return
-        try:
-            params = self.params_type.model_validate({**session.params.model_dump(), **values})
-        except ValidationError as error:
-            self._refuse(session, describe_validation_error(error), skip_image=True)
-            return
+        if text == self._last_params_text and session.params is self._last_params:
+            params = self._last_params  # the same message on the same parameters: the same result
+        else:
+            try:
+                values = parse_json(text)
+            except ValueError as error:
+                self._refuse(session, str(error), skip_image=True)
+                return
+            if not isinstance(values, dict):
+                self._refuse(session, "Parameters must be a JSON object", skip_image=True)
+                return
+            try:
+                params = self.params_type.model_validate({**session.params.model_dump(), **values})
+            except ValidationError as error:
+                self._refuse(session, describe_validation_error(error), skip_image=True)
+                return
+            if params == session.params:
+                params = session.params  # unchanged: keep the one object (cheap comparisons from here on)
+            self._last_params_text, self._last_params = text, params
         self._valid_activity(session)
         if self.input_mode == "image":
             self.params = params
@@ -272,12 +292,12 @@ class Conversation:
 
     def _accept(self, session: Session, frame: Frame) -> None:
         session.frame_requested = False
-        if frame.data is None and frame.params == session.params and session.stats.frames_in:
+        if frame.data is None and frame.params is session.params and session.stats.frames_in:
             # Text pipelines: nothing changed, nothing to generate. Ask again a little later, so
             # clients that only answer send_frame still see their changes soon.
             asyncio.get_running_loop().call_later(TEXT_POLL_S, session.request_frame_if_idle)
             return
-        if frame.params != session.params:
+        if frame.params is not session.params:
             changed = {
                 name: value for name, value in frame.params.model_dump().items() if getattr(session.params, name) != value
             }

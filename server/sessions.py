@@ -22,8 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pipelines.base import ParamsModel
+from pipelines import ParamsModel
 from server.metrics import Metrics
+from server.streaming import OutputSlot
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,31 +89,6 @@ class SessionStats:
     errors: int = 0
 
 
-class OutputSlot:
-    """The latest encoded output of a session and a way to wait for the next one (event loop only)."""
-
-    def __init__(self) -> None:
-        self.jpeg: bytes | None = None
-        self.seq = 0
-        self._changed = asyncio.Event()
-
-    def publish(self, jpeg: bytes) -> None:
-        self.jpeg = jpeg
-        self.seq += 1
-        self.notify()
-
-    def notify(self) -> None:
-        """Wake every waiter (new frame, session closed)."""
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
-
-
 class Session:
     def __init__(self, session_id: str, params: ParamsModel, manager: SessionManager) -> None:
         self.id = session_id
@@ -130,6 +106,7 @@ class Session:
         # Event loop only:
         self.viewers = 0  # open /api/view responses
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
+        self.ended = asyncio.Event()  # set when the session ends, whoever ends it
         self.output = OutputSlot()
         self.frame_requested = False
         self.outputs: list[Output] = []  # NDI, Syphon: started with the first stream, stopped on close
@@ -153,6 +130,7 @@ class Session:
             # The connection's reader sees `closed` and ends the session.
             log.warning("session %s: client is not reading its messages; closing", self.short_id)
             self.closed = True
+            self.ended.set()
 
     def send_error(self, message: str) -> None:
         self.stats.errors += 1
@@ -260,6 +238,7 @@ class SessionManager:
             session.closed = True
             session.pending = None
             self._cond.notify_all()
+        session.ended.set()
         for output in session.outputs:
             output.stop()
         session.output.notify()

@@ -8,30 +8,53 @@ going. Past the bounds (`sessions.MAX_STREAMS_PER_SESSION`, `--max-viewers`) a n
 
 Each part is followed at once by the next boundary: Chromium shows a part only when it sees the
 boundary after it, so this shows every frame on arrival without sending it twice. The bytes are the
-same multipart stream the anchor's clients read.
+same multipart stream that the clients of Real-Time-Latent-Consistency-Model read.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
 from prometheus_client import Gauge
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from server.sessions import Session, SessionManager
+if TYPE_CHECKING:
+    from server.sessions import Session, SessionManager
 
 BOUNDARY = "frame"
 MEDIA_TYPE = f"multipart/x-mixed-replace;boundary={BOUNDARY}"
 HEADERS = {"Cache-Control": "no-cache, no-store", "X-Accel-Buffering": "no"}
-DISCONNECT_POLL_S = 1.0
+FIRST_BOUNDARY = f"--{BOUNDARY}\r\n".encode()
 
 
 def mjpeg_part(jpeg: bytes) -> bytes:
     header = f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode()
-    return header + jpeg + f"\r\n--{BOUNDARY}\r\n".encode()
+    return b"".join((header, jpeg, b"\r\n", FIRST_BOUNDARY))
+
+
+class OutputSlot:
+    """The latest output of a session, framed once as an MJPEG part for all its streams, and a way to
+    wait for the next one (event loop only)."""
+
+    def __init__(self) -> None:
+        self.part: bytes | None = None
+        self.seq = 0
+        self._changed = asyncio.Event()
+
+    def publish(self, jpeg: bytes) -> None:
+        self.part = mjpeg_part(jpeg)
+        self.seq += 1
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every waiter (new frame, session closed)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
 
 
 class MjpegResponse(StreamingResponse):
@@ -49,19 +72,15 @@ class MjpegResponse(StreamingResponse):
             self._on_close()
 
 
-def session_stream(
-    session: Session, sessions: SessionManager, request: Request, shutdown: asyncio.Event
-) -> MjpegResponse:
+def session_stream(session: Session, sessions: SessionManager) -> MjpegResponse:
     """The owner's stream of `session`: frames until the session closes, the client leaves, or
     shutdown. Opening it asks the client for a frame; `TooManyStreams` past the bound."""
     sessions.open_stream(session)
     session.request_frame_if_idle()
-    return MjpegResponse(_parts(session, request, shutdown), lambda: sessions.close_stream(session))
+    return MjpegResponse(_parts(session), lambda: sessions.close_stream(session))
 
 
-def viewer_stream(
-    session: Session, sessions: SessionManager, request: Request, shutdown: asyncio.Event, viewers: Gauge
-) -> MjpegResponse:
+def viewer_stream(session: Session, sessions: SessionManager, viewers: Gauge) -> MjpegResponse:
     """The frames of `session` for a read-only viewer, until the session ends: the newest frame at once,
     then each new one. A viewer does not ask for frames; `TooManyStreams` past the bound."""
     sessions.open_viewer(session)
@@ -71,17 +90,18 @@ def viewer_stream(
         viewers.dec()
         sessions.close_viewer(session)
 
-    return MjpegResponse(_parts(session, request, shutdown), close)
+    return MjpegResponse(_parts(session), close)
 
 
-async def _parts(session: Session, request: Request, shutdown: asyncio.Event) -> AsyncIterator[bytes]:
+async def _parts(session: Session) -> AsyncIterator[bytes]:
+    """The session's frames as they come, until it closes (which shutdown does). A client that leaves
+    ends the response: Starlette cancels it."""
     sent_seq = 0
-    yield f"--{BOUNDARY}\r\n".encode()
-    while not (session.closed or shutdown.is_set()):
-        if session.output.seq != sent_seq and session.output.jpeg is not None:
-            sent_seq = session.output.seq
-            yield mjpeg_part(session.output.jpeg)
-            continue
-        await session.output.wait(DISCONNECT_POLL_S)
-        if await request.is_disconnected():
-            break
+    yield FIRST_BOUNDARY
+    while not session.closed:
+        output = session.output
+        if output.seq != sent_seq and output.part is not None:
+            sent_seq = output.seq
+            yield output.part
+        else:
+            await output.changed()

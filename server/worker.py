@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from pipelines.base import Pipeline, batch_key
+from pipelines import Pipeline, batch_key
 from server.imaging import FrameError, decode_image, encode_jpeg, rgb_pixels
 from server.sessions import ErrorKind, Frame, Result, Session, SessionManager, Source
 

@@ -8,7 +8,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.live import run_server  # noqa: E402
+from bench.live import run_server  # noqa: E402
 
 
 @pytest.fixture(scope="module")

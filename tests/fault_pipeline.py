@@ -10,7 +10,7 @@ from PIL import Image
 
 from bench import echo_pipeline
 from bench.echo_pipeline import MODEL_ID, Info  # noqa: F401  (what a pipeline module declares)
-from pipelines.base import select_field
+from pipelines import select_field
 
 FAULTS = ["none", "few_images", "wrong_size", "not_an_image", "end_thread"]
 

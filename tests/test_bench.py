@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live import REPO_ROOT, server_env
+from bench.live import REPO_ROOT, server_env
 
 NUMBER = r"\d+\.\d+"
 
@@ -80,8 +80,9 @@ def test_serving_path_quick(tmp_path: Path) -> None:
     for row in rows:
         fps, p50, p95, p99, server_cpu = (float(row[i]) for i in (2, 4, 5, 6, 7))
         assert fps > 0 and 0 < p50 <= p95 <= p99, row
-        assert server_cpu > 0, row
-        assert int(row[9]) > 0, row  # frames sent
+        codec, ratio = float(row[8]), float(row[9])
+        assert server_cpu > 0 and codec > 0 and ratio == pytest.approx(server_cpu / codec, abs=0.02), row
+        assert int(row[11]) > 0, row  # frames sent
     slow = next(row for row in rows if row[:2] == ["50", "1"])
     assert float(slow[4]) >= 50  # the 50 ms model's latency includes its 50 ms
     assert len(table_rows(output, "Serving path: per client")) == 2 * (1 + 4 + 8)

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipelines.base import ModelOptions
+from bench.live import SERVER_MAIN, server_env
+from pipelines import ModelOptions
 from server.config import ENV_PREFIX, Config, parse
-from tests.live import SERVER_MAIN, server_env
 
 # Options and their environment variables, as (flag, environment variable).
 OPTIONS = {

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import pipelines
-from tests.live import SERVER_MAIN, server_env
+from bench.live import SERVER_MAIN, server_env
 
 
 def run_main(*args: str, timeout: float = 60) -> tuple[subprocess.CompletedProcess[str], float]:
@@ -39,7 +39,7 @@ def test_available_lists_pipelines_and_not_shared_modules():
     "name",
     [
         "nope", "base", "common", "tiny", "", "IMG2IMG", "img2img.py", "pipelines/img2img", "bench.nope",
-        "./img2img", "pipelines.base", "os.path",
+        "./img2img", "pipelines._base", "os.path",
     ],
 )
 def test_unknown_name_raises_listing_the_available_ones(name):
@@ -62,7 +62,7 @@ def test_every_available_pipeline_declares_the_contract():
         module = pipelines.load_module(name)
         assert module.Info().name == name
         assert module.Info().input_mode in ("image", "text")
-        assert issubclass(module.InputParams, pipelines.base.ParamsModel)
+        assert issubclass(module.InputParams, pipelines.ParamsModel)
         module.InputParams()  # defaults are valid
         assert callable(getattr(module.Pipeline, "predict"))
 
@@ -77,7 +77,7 @@ def test_command_line_unknown_pipeline_exits_2_at_once_with_the_list():
     assert elapsed < 15, f"took {elapsed:.1f} s: nothing should load before the name is checked"
 
 
-@pytest.mark.parametrize("name", ["./img2img", "pipelines.base"])
+@pytest.mark.parametrize("name", ["./img2img", "pipelines._base"])
 def test_command_line_name_that_is_no_pipeline_exits_2_with_the_list(name):
     result, _ = run_main("--pipeline", name)
     output = result.stdout + result.stderr

@@ -17,7 +17,7 @@ import pytest
 import simplejpeg
 import websockets
 
-from tests.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+from bench.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
 
 SMALL = {"width": 256, "height": 256}
 STUDIO = "https://studio.example"
@@ -225,7 +225,7 @@ async def ws_status(server, user_id: str, headers: dict[str, str]) -> int:
 @pytest.mark.parametrize(
     "origin, allowed",
     [
-        (None, True),  # not a browser: curl, scripts, the anchor's Python clients
+        (None, True),  # not a browser: curl, scripts, Python clients
         ("same", True),
         ("http://localhost:5173", True),  # a page on this machine (the web page's dev server)
         ("http://127.0.0.1:9999", True),

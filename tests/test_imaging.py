@@ -10,8 +10,8 @@ import pytest
 import simplejpeg
 from PIL import Image
 
+from bench.live import camera_jpeg, jpeg_size
 from server.imaging import FrameError, decode_jpeg, encode_jpeg
-from tests.live import camera_jpeg, jpeg_size
 
 BIG = {"max_bytes": 10_000_000, "max_pixels": 10_000_000}
 

@@ -11,16 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
 
 import pipelines
-from pipelines import common, tiny
+from bench.live import SERVER_MAIN, LiveUser, camera_jpeg, jpeg_size, run_server, server_env
+from pipelines import _tiny as tiny
+from pipelines._loading import SD_BETAS
 from pipelines.img2img import InputParams
 from server.imaging import decode_jpeg, encode_jpeg
-from tests.live import SERVER_MAIN, Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, server_env, take
+from tests.single_file import save_single_file
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 PARAMS = {"prompt": "a red cat", "width": 256, "height": 256, "seed": 11}
@@ -31,25 +32,17 @@ CAPS = {"max_bytes": 10_000_000, "max_pixels": 10_000_000}
 def tiny_img2img(seed: int, lcm: bool) -> StableDiffusionImg2ImgPipeline:
     """A miniature StableDiffusionImg2ImgPipeline built as pipelines/img2img.py builds its --tiny one."""
     return StableDiffusionImg2ImgPipeline(
-        **tiny.tiny_sd15(seed=seed, lcm=lcm), scheduler=LCMScheduler(**common.SD_BETAS), **NO_SAFETY
+        **tiny.tiny_sd15(seed=seed, lcm=lcm), scheduler=LCMScheduler(**SD_BETAS), **NO_SAFETY
     )
 
 
 def stream_frames(server, count: int = 2) -> list[bytes]:
-    """Connect as the anchor's page does, answer send_frame with PARAMS and FRAME, read the MJPEG stream."""
+    """Connect as the web page does, answer send_frame with PARAMS and FRAME, read the MJPEG stream."""
 
     async def go() -> list[bytes]:
-        client = Client(server)
-        assert (await client.connect())["status"] == "connected"
-        async with httpx.AsyncClient(timeout=60) as http:
-            pump = asyncio.create_task(client.pump(PARAMS, jpeg=FRAME))
-            try:
-                frames = await take(mjpeg_frames(server, client.user_id, http), count)
-            finally:
-                pump.cancel()
-        errors = [m for m in client.messages if m.get("status") == "error"]
-        assert not errors, errors
-        await client.close()
+        async with LiveUser(server, PARAMS, jpeg=FRAME) as user:
+            frames = await user.frames(count)
+        assert user.messages == []  # no errors
         return frames
 
     return asyncio.run(go())
@@ -121,7 +114,7 @@ def test_server_serves_a_saved_diffusers_folder(tmp_path):
 def test_server_serves_a_single_file_checkpoint(tmp_path):
     pipe = tiny_img2img(seed=4, lcm=False)  # the single-file layout has no place for an LCM UNet
     checkpoint = tmp_path / "my-model.safetensors"
-    tiny.save_single_file(pipe, str(checkpoint))
+    save_single_file(pipe, str(checkpoint))
     reference = tmp_path / "reference"
     pipe.save_pretrained(reference)
     # The config folder holds configs only: the weights can come from nowhere but the checkpoint.
@@ -146,7 +139,7 @@ def test_server_serves_a_single_file_checkpoint(tmp_path):
 
 def test_single_file_without_configs_offline_says_what_to_do(tmp_path):
     checkpoint = tmp_path / "my-model.safetensors"
-    tiny.save_single_file(tiny_img2img(seed=4, lcm=False), str(checkpoint))
+    save_single_file(tiny_img2img(seed=4, lcm=False), str(checkpoint))
     result, _ = run_main(tmp_path, "--model-id", str(checkpoint), "--no-taesd")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Open http" not in output

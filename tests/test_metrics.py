@@ -10,8 +10,8 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.live import Client, camera_jpeg, mjpeg_frames, run_server, take
 from server.metrics import Metrics
-from tests.live import Client, camera_jpeg, mjpeg_frames, run_server, take
 
 ECHO = ("--pipeline", "bench.echo_pipeline")
 SMALL = {"width": 256, "height": 256}

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import simplejpeg
 
-from tests.live import Client, mjpeg_frames, run_server, take
+from bench.live import Client, mjpeg_frames, run_server, take
 
 NDI_NAME = f"LD test {uuid.uuid4().hex[:6]}"  # unique: another run on this machine cannot be mistaken for this one
 

@@ -1,6 +1,6 @@
-"""Parameter bounds of img2img's InputParams and the pipelines.base helpers: enforced on the server
-(an error naming the field, never a silent clamp), and described in the JSON schema with the widget
-hints the anchor's page reads."""
+"""Parameter bounds of img2img's InputParams and the field helpers of pipelines/_base.py: enforced on
+the server (an error naming the field, never a silent clamp), and described in the JSON schema with
+the widget hints that Real-Time-Latent-Consistency-Model's page reads."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Literal
 import pytest
 from pydantic import ValidationError
 
-from pipelines import base
+from pipelines import _base as base
 from pipelines.img2img import Info, InputParams
 
-ANCHOR_FIELDS = {"range", "seed", "textarea", "checkbox", "select"}
+WIDGET_FIELDS = {"range", "seed", "textarea", "checkbox", "select"}
 
 
 def error_fields(error: ValidationError) -> set[str]:
@@ -83,7 +83,7 @@ def test_sizes_must_be_multiples_of_8(field, value):
 def test_prompt_over_the_cap_is_refused(field):
     assert len(getattr(InputParams(**{field: "x" * base.MAX_PROMPT_CHARS}), field)) == base.MAX_PROMPT_CHARS
     assert error_fields(refused(**{field: "x" * (base.MAX_PROMPT_CHARS + 1)})) == {field}
-    assert error_fields(refused(**{field: "x" * 1_000_000})) == {field}  # the anchor's 1 MB prompt
+    assert error_fields(refused(**{field: "x" * 1_000_000})) == {field}  # a 1 MB prompt, which Real-Time-Latent-Consistency-Model accepts
 
 
 def test_unknown_key_is_refused():
@@ -113,13 +113,13 @@ def test_several_bad_fields_are_all_named():
 # --- the JSON schema the page reads ----------------------------------------------------------------
 
 
-def test_schema_carries_the_anchor_widget_hints():
+def test_schema_carries_the_widget_hints_pages_read():
     schema = InputParams.model_json_schema()
     properties = schema["properties"]
     assert set(properties) == set(InputParams.model_fields)
     for name, prop in properties.items():
         assert prop["id"] == name, name
-        assert prop["field"] in ANCHOR_FIELDS, name
+        assert prop["field"] in WIDGET_FIELDS, name
         assert isinstance(prop["hide"], bool), name
         assert "default" in prop and "title" in prop, name
         if prop["field"] in ("range", "seed"):

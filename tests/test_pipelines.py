@@ -4,6 +4,7 @@ the real server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import httpx
 import numpy as np
@@ -14,8 +15,11 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 import pipelines
-from pipelines import common, tiny
-from tests.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+from bench.live import Client, LiveUser, camera_pixels, jpeg_size, mjpeg_frames, run_server, take
+from pipelines import _tiny as tiny
+from pipelines._loading import SD_BETAS, ModelMismatch
+from pipelines._lora import LoraSpec
+from tests.single_file import save_single_file
 
 ALL = pipelines.available()
 IMAGE_PIPELINES = [name for name in ALL if pipelines.load_module(name).Info().input_mode == "image"]
@@ -28,9 +32,8 @@ def size_for(name: str) -> dict[str, int]:
 
 
 def camera_frame(seed: int = 0) -> Image.Image:
-    """A frame with shapes, so edge detectors and encoders have something to see."""
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+    """A camera-like frame with shapes, so edge detectors and encoders have something to see."""
+    image = Image.fromarray(camera_pixels(seed))
     draw = ImageDraw.Draw(image)
     draw.rectangle((40 + seed * 10, 40, 200, 180), fill=(250, 250, 250))
     draw.ellipse((150, 60, 300, 220), fill=(10, 10, 10))
@@ -111,15 +114,39 @@ def test_compel_weights_change_the_embeddings(name):
     assert not torch.equal(plain.embeds, weighted.embeds)
 
 
+def lcm_distilled(name: str) -> bool:
+    """The pipeline's UNet takes the guidance scale as an embedding (LCM-distilled)."""
+    return load(name).pipe.unet.config.time_cond_proj_dim is not None
+
+
 @pytest.mark.parametrize("name", ALL)
-def test_guidance_above_one_uses_the_negative_prompt(name):
+def test_the_negative_prompt_works_where_guidance_is_classifier_free(name):
+    """Above 1, guidance runs a second UNet pass against the negative prompt, except with an
+    LCM-distilled UNet, which takes the scale as its guidance embedding: there, as in diffusers' LCM
+    pipelines, the negative prompt has no effect but the scale does (tests/test_equivalence.py
+    compares both with the stock pipelines)."""
     pipe = load(name)
     a = run(pipe, name, guidance_scale=1.5, negative_prompt="")
     b = run(pipe, name, guidance_scale=1.5, negative_prompt="dark, gloomy, grey")
-    assert differs(a, b)
+    assert differs(a, b) != lcm_distilled(name)
     c = run(pipe, name, guidance_scale=0.5, negative_prompt="")
     d = run(pipe, name, guidance_scale=0.5, negative_prompt="dark, gloomy, grey")
     assert np.array_equal(c, d)
+    if lcm_distilled(name):
+        assert differs(a, c)  # the scale reaches the guidance embedding
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_guidance_costs_a_second_unet_pass_only_where_it_is_classifier_free(name):
+    pipe = load(name)
+    values = {"guidance_scale": 1.5, "steps": 1, **({"strength": 1.0} if name in IMAGE_PIPELINES else {})}
+    batches = []
+    hook = pipe.pipe.unet.register_forward_hook(lambda module, args, output: batches.append(args[0].shape[0]))
+    try:
+        run(pipe, name, **values)
+    finally:
+        hook.remove()
+    assert set(batches) == ({1} if lcm_distilled(name) else {2})
 
 
 def test_sdxl_has_pooled_and_negative_pooled_embeddings():
@@ -198,25 +225,25 @@ def test_lora_changes_the_output_and_weight_zero_is_the_base(tmp_path):
 
 
 def test_lora_spec_parsing():
-    assert common.LoraSpec.parse("user/style-lora") == common.LoraSpec("user/style-lora", 1.0)
-    assert common.LoraSpec.parse("user/style-lora:0.7") == common.LoraSpec("user/style-lora", 0.7)
-    assert common.LoraSpec.parse("C:/loras/x.safetensors") == common.LoraSpec("C:/loras/x.safetensors", 1.0)
+    assert LoraSpec.parse("user/style-lora") == LoraSpec("user/style-lora", 1.0)
+    assert LoraSpec.parse("user/style-lora:0.7") == LoraSpec("user/style-lora", 0.7)
+    assert LoraSpec.parse("C:/loras/x.safetensors") == LoraSpec("C:/loras/x.safetensors", 1.0)
 
 
 def test_a_model_of_another_family_fails_clearly(tmp_path):
     from diffusers import LCMScheduler, StableDiffusionXLImg2ImgPipeline
 
-    StableDiffusionXLImg2ImgPipeline(**tiny.tiny_sdxl(), scheduler=LCMScheduler(**common.SD_BETAS)).save_pretrained(tmp_path)
-    with pytest.raises(common.ModelMismatch, match="does not fit this Stable Diffusion 1.x/2.x pipeline"):
+    StableDiffusionXLImg2ImgPipeline(**tiny.tiny_sdxl(), scheduler=LCMScheduler(**SD_BETAS)).save_pretrained(tmp_path)
+    with pytest.raises(ModelMismatch, match="does not fit this Stable Diffusion 1.x/2.x pipeline"):
         pipelines.load("img2img", model_id=str(tmp_path), taesd=False)
 
 
 def test_sdxl_single_file_checkpoint_loads(tmp_path):
     from diffusers import LCMScheduler, StableDiffusionXLImg2ImgPipeline
 
-    source = StableDiffusionXLImg2ImgPipeline(**tiny.tiny_sdxl(seed=4), scheduler=LCMScheduler(**common.SD_BETAS))
+    source = StableDiffusionXLImg2ImgPipeline(**tiny.tiny_sdxl(seed=4), scheduler=LCMScheduler(**SD_BETAS))
     source.save_pretrained(tmp_path / "config")
-    tiny.save_single_file(source, str(tmp_path / "model.safetensors"))
+    save_single_file(source, str(tmp_path / "model.safetensors"))
     lcm_lora = tmp_path / "lcm-lora"
     StableDiffusionXLImg2ImgPipeline.save_lora_weights(
         str(lcm_lora), unet_lora_layers={k.removeprefix("unet."): v for k, v in tiny.tiny_lora(source.unet).items()}
@@ -271,25 +298,15 @@ def test_text_pipeline_generates_only_when_parameters_change():
             await client.connect()
             async with httpx.AsyncClient(timeout=60) as http:
                 stream = mjpeg_frames(server, client.user_id, http)
-                pump = asyncio.create_task(client.pump({"prompt": "a lighthouse", "width": 256, "height": 256}))
+                params = {"prompt": "a lighthouse", "width": 256, "height": 256}  # the pump sends what it holds
+                pump = asyncio.create_task(client.pump(params))
                 await take(stream, 1)
                 await asyncio.sleep(1.5)  # the page keeps answering send_frame with the same parameters
-                generated = server.health()["frames_generated"]
-                pump.cancel()
-                assert generated == 1  # one frame for the page, however often it answered
-                requests = 0
-                while True:  # the server kept asking (slowly), so a change is picked up
-                    try:
-                        message = await client.recv(1)
-                    except asyncio.TimeoutError:
-                        break
-                    if message["status"] == "send_frame":
-                        requests += 1
-                        await client.send_frame({"prompt": "a windmill", "width": 256, "height": 256}, None)
-                        break
-                assert requests == 1
+                assert server.health()["frames_generated"] == 1  # one frame, however often it answered
+                params["prompt"] = "a windmill"  # the server kept asking (slowly), so a change is picked up
                 await take(stream, 1)
                 assert server.health()["frames_generated"] == 2
+                pump.cancel()
             await client.close()
 
         asyncio.run(scenario())
@@ -303,14 +320,9 @@ def test_server_loads_a_lora_from_the_command_line(tmp_path):
         server.wait_for_log("Loading LoRA")
 
         async def scenario():
-            client = Client(server)
-            await client.connect()
-            async with httpx.AsyncClient(timeout=60) as http:
-                stream = mjpeg_frames(server, client.user_id, http)
-                pump = asyncio.create_task(client.pump({"width": 256, "height": 256, "lora_scale": 0.5}))
-                assert len(await take(stream, 1)) == 1
-                pump.cancel()
-            await client.close()
+            async with LiveUser(server, {"width": 256, "height": 256, "lora_scale": 0.5}) as user:
+                assert len(await user.frames(1)) == 1
+                assert user.messages == []
 
         asyncio.run(scenario())
 
@@ -332,19 +344,11 @@ def test_frames_of_several_users_run_as_one_batch():
     with run_server("--tiny", "--max-batch", "4") as server:
 
         async def scenario():
-            clients = [Client(server) for _ in range(3)]
-            async with httpx.AsyncClient(timeout=60) as http:
-                for client in clients:
-                    await client.connect()
-                pumps = [
-                    asyncio.create_task(c.pump({"prompt": f"user {i}", "seed": i, "width": 256, "height": 256}))
-                    for i, c in enumerate(clients)
-                ]
-                frames = await asyncio.gather(*(take(mjpeg_frames(server, c.user_id, http), 4) for c in clients))
-                for pump in pumps:
-                    pump.cancel()
-            for client in clients:
-                await client.close()
+            users = [LiveUser(server, {"prompt": f"user {i}", "seed": i, "width": 256, "height": 256}) for i in range(3)]
+            async with contextlib.AsyncExitStack() as stack:
+                for user in users:
+                    await stack.enter_async_context(user)
+                frames = await asyncio.gather(*(user.frames(4) for user in users))
             assert all(len(f) == 4 for f in frames)
             health = server.health()
             assert health["frames_generated"] > health["batches"]  # some model calls served several users

@@ -9,12 +9,11 @@ import io
 import time
 
 import httpx
-import numpy as np
 import pytest
 import simplejpeg
 from PIL import Image
 
-from tests.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+from bench.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
 
 ECHO = ("--pipeline", "bench.echo_pipeline")
 SMALL = {"width": "256", "height": "256"}

@@ -2,15 +2,14 @@
 
 import asyncio
 
-import httpx
 import numpy as np
 import simplejpeg
 import torch
 from PIL import Image
 
-from pipelines.base import ModelOptions
-from pipelines.common import SafetyChecker
-from tests.live import Client, mjpeg_frames, run_server, take
+from bench.live import LiveUser, run_server
+from pipelines import ModelOptions
+from pipelines._safety import SafetyChecker
 
 
 def test_a_flagged_frame_comes_out_black_and_others_pass_unchanged():
@@ -26,13 +25,8 @@ def test_server_streams_through_the_checker():
     with run_server("--tiny", "--safety-checker") as server:
 
         async def scenario():
-            client = Client(server)
-            await client.connect()
-            async with httpx.AsyncClient(timeout=60) as http:
-                pump = asyncio.create_task(client.pump({"width": 256, "height": 256}))
-                frames = await take(mjpeg_frames(server, client.user_id, http), 2)
-                pump.cancel()
-            await client.close()
+            async with LiveUser(server, {"width": 256, "height": 256}) as user:
+                frames = await user.frames(2)
             assert all(simplejpeg.decode_jpeg(f).shape == (256, 256, 3) for f in frames)
 
         asyncio.run(scenario())

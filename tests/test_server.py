@@ -1,4 +1,5 @@
-"""The real server on loopback, driven by real websocket and HTTP clients speaking the anchor's protocol."""
+"""The real server on loopback, driven by real websocket and HTTP clients speaking the protocol of
+Real-Time-Latent-Consistency-Model (docs/protocol.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ import pytest
 import simplejpeg
 import websockets
 
-from tests.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+from bench.live import (
+    Client,
+    LiveUser,
+    camera_jpeg,
+    camera_pixels,
+    jpeg_size,
+    mjpeg_frames,
+    read_stamp,
+    run_server,
+    stamp,
+    take,
+)
 
 ECHO = ("--pipeline", "bench.echo_pipeline")
 SMALL = {"width": 256, "height": 256}
@@ -32,59 +44,40 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_anchor_client_receives_frames_of_the_requested_size(img2img_server):
+def test_a_protocol_client_receives_frames_of_the_requested_size(img2img_server):
     async def scenario():
         client = Client(img2img_server)
         assert await client.connect() == {"status": "connected", "message": "Connected"}
         assert await client.recv() == {"status": "wait"}
-        async with httpx.AsyncClient(timeout=60) as http:
-            stream = mjpeg_frames(img2img_server, client.user_id, http)
-            pump = asyncio.create_task(client.pump({"prompt": "a cat", "width": 320, "height": 256}))
-            frames = await take(stream, 3)
-            pump.cancel()
         await client.close()
+        async with LiveUser(img2img_server, {"prompt": "a cat", "width": 320, "height": 256}) as user:
+            frames = await user.frames(3)
         for frame in frames:
             pixels = simplejpeg.decode_jpeg(frame)
             assert pixels.shape == (256, 320, 3)
-        assert client.messages == []  # no errors
+        assert user.messages == []  # no errors
 
     run(scenario())
 
 
 def test_two_users_each_get_their_own_frames(img2img_server):
     async def scenario():
-        first, second = Client(img2img_server), Client(img2img_server)
-        await first.connect()
-        await second.connect()
-        async with httpx.AsyncClient(timeout=60) as http:
-            pumps = [
-                asyncio.create_task(first.pump({"prompt": "a cat", **SMALL})),
-                asyncio.create_task(second.pump({"prompt": "a dog", "width": 320, "height": 256})),
-            ]
-            first_frames, second_frames = await asyncio.gather(
-                take(mjpeg_frames(img2img_server, first.user_id, http), 3),
-                take(mjpeg_frames(img2img_server, second.user_id, http), 3),
-            )
-            for pump in pumps:
-                pump.cancel()
+        async with (
+            LiveUser(img2img_server, {"prompt": "a cat", **SMALL}) as first,
+            LiveUser(img2img_server, {"prompt": "a dog", "width": 320, "height": 256}) as second,
+        ):
+            first_frames, second_frames = await asyncio.gather(first.frames(3), second.frames(3))
         assert {jpeg_size(f) for f in first_frames} == {(256, 256)}
         assert {jpeg_size(f) for f in second_frames} == {(320, 256)}
-        await first.close()
-        await second.close()
 
     run(scenario())
 
 
 def test_params_reach_the_server(img2img_server):
     async def scenario():
-        client = Client(img2img_server)
-        await client.connect()
-        async with httpx.AsyncClient(timeout=60) as http:
-            pump = asyncio.create_task(client.pump({"prompt": "a lighthouse at dusk", "strength": 0.7, **SMALL}))
-            await take(mjpeg_frames(img2img_server, client.user_id, http), 1)
-            pump.cancel()
-        await client.close()
-        line = img2img_server.wait_for_log(f"session {client.user_id[:8]}: params changed")
+        async with LiveUser(img2img_server, {"prompt": "a lighthouse at dusk", "strength": 0.7, **SMALL}) as user:
+            await user.frames(1)
+        line = img2img_server.wait_for_log(f"session {user.user_id[:8]}: params changed")
         assert "a lighthouse at dusk" in line and "strength=" in line
 
     run(scenario())
@@ -188,16 +181,11 @@ def test_model_error_reaches_the_client_and_the_next_frame_works(echo_server):
     run(scenario())
 
 
-def numbered_jpeg(index: int) -> bytes:
-    """A solid-colour frame whose colour tells its number (0-299), robust to JPEG's loss."""
-    pixels = np.empty((300, 320, 3), np.uint8)
-    pixels[...] = ((index % 50) * 5, (index // 50) * 40, 128)
+def numbered_jpeg(number: int) -> bytes:
+    """A 256x256 camera frame (the output size: the echo model returns it as it is) that carries its number."""
+    pixels = camera_pixels(number % 7, 256, 256)
+    stamp(pixels, number)
     return simplejpeg.encode_jpeg(pixels, quality=95)
-
-
-def frame_number(jpeg: bytes) -> int:
-    red, green, _ = simplejpeg.decode_jpeg(jpeg).reshape(-1, 3).mean(axis=0)
-    return round(green / 40) * 50 + round(red / 5)
 
 
 def test_burst_of_frames_keeps_the_latest_and_memory_bounded(echo_server):
@@ -214,7 +202,7 @@ def test_burst_of_frames_keeps_the_latest_and_memory_bounded(echo_server):
             async def watch() -> list[int]:  # the frame numbers shown, until the last one sent
                 shown = []
                 async for jpeg in mjpeg_frames(echo_server, client.user_id, http):
-                    shown.append(frame_number(jpeg))
+                    shown.append(read_stamp(jpeg))
                     if shown[-1] == len(burst) - 1:
                         return shown
                 raise AssertionError(f"the stream ended after {shown}")
@@ -454,50 +442,42 @@ def test_grey_and_odd_sized_camera_frames_are_accepted(echo_server):
     grey = simplejpeg.encode_jpeg(np.full((123, 201, 1), 90, np.uint8), colorspace="GRAY")
 
     async def scenario():
-        client = Client(echo_server)
-        await client.connect()
-        async with httpx.AsyncClient(timeout=30) as http:
-            stream = mjpeg_frames(echo_server, client.user_id, http)
-            pump = asyncio.create_task(client.pump(SMALL, jpeg=grey))
-            frame = (await take(stream, 1))[0]
-            pump.cancel()
+        async with LiveUser(echo_server, SMALL, jpeg=grey) as user:
+            (frame,) = await user.frames(1)
         pixels = simplejpeg.decode_jpeg(frame)
         assert pixels.shape == (256, 256, 3)
         assert abs(int(pixels.mean()) - 90) < 8  # the grey came through, cropped and scaled to fill
-        await client.close()
 
     run(scenario())
 
 
-async def pump_changing_scene(client: Client) -> None:
-    """Answer send_frame with a scene that changes every time: dark and light in turn."""
-    scenes = [simplejpeg.encode_jpeg(np.full((240, 320, 3), level, np.uint8)) for level in (30, 220)]
-    sent = 0
-    while True:
-        if (await client.recv(60))["status"] == "send_frame":
-            await client.send_frame(SMALL, scenes[sent % 2])
-            sent += 1
-
-
 def test_similarity_filter_resends_the_output_of_an_unchanged_camera():
     with run_server(*ECHO, "--similarity-filter", "--max-skips", "3") as server:
+        still = camera_jpeg(1)
+        changing = [simplejpeg.encode_jpeg(np.full((240, 320, 3), level, np.uint8)) for level in (30, 220)]
+        scene = {"moving": False}  # what the camera shows: one pump answers throughout
+
+        async def camera(client: Client) -> None:
+            sent = 0
+            while True:
+                if (await client.recv(60))["status"] == "send_frame":
+                    await client.send_frame(SMALL, changing[sent % 2] if scene["moving"] else still)
+                    sent += 1
 
         async def scenario():
             client = Client(server)
             await client.connect()
-            still = camera_jpeg(1)
             async with httpx.AsyncClient(timeout=30) as http:
                 stream = mjpeg_frames(server, client.user_id, http)
-                pump = asyncio.create_task(client.pump(SMALL, jpeg=still))
+                pump = asyncio.create_task(camera(client))
                 frames = await take(stream, 8)
-                pump.cancel()
                 health = server.health()
                 # Every request got a frame; the model ran for one in (max skips + 1) of them.
                 assert health["frames_reused"] >= 5 and health["frames_generated"] <= 3, health
                 assert len(set(frames)) == 1
-                moving = asyncio.create_task(pump_changing_scene(client))
-                await take(stream, 4)
-                moving.cancel()
+                scene["moving"] = True
+                await take(stream, 6)  # the first one or two may still show the still scene
+                pump.cancel()
                 assert server.health()["frames_generated"] >= health["frames_generated"] + 3
             await client.close()
 

@@ -10,7 +10,7 @@ import sys
 
 import httpx
 
-from tests.live import REPO_ROOT
+from bench.live import REPO_ROOT
 
 SCRIPT = REPO_ROOT / "scripts" / "settings_fixtures.py"
 FIXTURES = REPO_ROOT / "frontend" / "src" / "lib" / "fixtures" / "settings"

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.live import REPO_ROOT, server_env
+from bench.live import REPO_ROOT, server_env
 
 SOAK = REPO_ROOT / "bench" / "soak.py"
 

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 
+from bench.live import SERVER_MAIN, server_env
 from server import outputs
 from server.config import parse
 from server.metrics import Metrics
@@ -19,7 +20,6 @@ from server.outputs import FrameRate, OutputUnavailable
 from server.outputs import ndi as ndi_output
 from server.outputs.syphon import SyphonOutput
 from server.sessions import SessionManager
-from tests.live import SERVER_MAIN, server_env
 
 SESSION_ID = "1234abcd-0000-4000-8000-000000000000"
 

@@ -1,4 +1,4 @@
-"""The miniature models in pipelines/tiny.py behave like real ones in the real diffusers pipelines.
+"""The miniature models in pipelines/_tiny.py behave like real ones in the real diffusers pipelines.
 
 Run with HF_HUB_OFFLINE=1: nothing here may touch the network.
 """
@@ -22,8 +22,7 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipelines.tiny import (
-    save_single_file,
+from pipelines._tiny import (
     tiny_controlnet,
     tiny_sd15,
     tiny_sd21,
@@ -32,6 +31,7 @@ from pipelines.tiny import (
     tiny_taesdxl,
     tiny_tokenizer,
 )
+from tests.single_file import save_single_file
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
 

@@ -5,8 +5,8 @@ import ssl
 import httpx
 from cryptography import x509
 
+from bench.live import run_server
 from server import tls
-from tests.live import run_server
 
 
 def test_certificate_covers_this_machine_and_is_reused(tmp_path):
@@ -67,7 +67,7 @@ def test_an_authority_certificate_from_an_earlier_version_is_replaced(tmp_path):
 
 def test_server_serves_https_with_it(tmp_path):
     env_home = {"HOME": str(tmp_path)}  # the certificate goes under ~/.cache/live-diffusion/tls
-    from tests.live import server_env
+    from bench.live import server_env
 
     with run_server("--pipeline", "bench.echo_pipeline", "--self-signed", env=server_env(**env_home)) as server:
         line = server.wait_for_log("Open https://")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.live import Client, jpeg_size, mjpeg_frames, run_server, take
+from bench.live import Client, jpeg_size, mjpeg_frames, run_server, take
 
 ECHO = ("--pipeline", "bench.echo_pipeline")
 PARAMS = {"delay_ms": 150, "width": 256, "height": 256}

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from pipelines.base import batch_key
+from bench.live import camera_jpeg
+from pipelines import batch_key
 from server.sessions import Frame, Job, Session, SessionManager
 from server.worker import Worker
 from tests.fault_pipeline import InputParams, Pipeline
-from tests.live import camera_jpeg
 
 SMALL = {"width": 256, "height": 256}
 USER_IDS = [f"00000000-0000-4000-8000-{n:012d}" for n in range(10)]
@@ -40,7 +40,10 @@ async def outcome(session: Session, timeout: float = 30.0) -> str:
                 return message["message"]
         if time.monotonic() > deadline:
             raise AssertionError(f"session {session.id}: no frame and no error within {timeout} s")
-        await session.output.wait(0.05)
+        try:
+            await asyncio.wait_for(session.output.changed(), 0.05)
+        except asyncio.TimeoutError:
+            pass
     session.seen_seq = session.output.seq  # type: ignore[attr-defined]
     return "frame"
 

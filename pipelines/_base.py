@@ -7,6 +7,7 @@ A pipeline module defines three names:
   the server; the JSON schema also carries the widget hints the web page reads (`field`, `id`,
   `min`, `max`, `step`, `hide`, `values`).
 - `Pipeline`: built as `Pipeline(config, device, dtype)`, with `predict(params, image) -> image`.
+  A model that cannot be loaded raises `ModelLoadError` (the message says why and what to do).
 
 The field helpers below keep the enforced bound and the widget hint in one place, so they can
 never disagree.
@@ -26,6 +27,16 @@ MAX_PROMPT_CHARS = 1000
 MAX_SEED = 2**32 - 1
 
 
+class ModelLoadError(RuntimeError):
+    """A model that cannot be used; the message says why and what to do."""
+
+class ModelUnavailable(ModelLoadError):
+    """A model that is neither on disk nor downloadable."""
+
+class ModelMismatch(ModelLoadError):
+    """A model whose architecture does not fit the pipeline."""
+
+
 class PipelineInfo(BaseModel):
     """What a pipeline is. Subclasses set the defaults; the schema is sent to the page as is."""
 
@@ -37,7 +48,7 @@ class PipelineInfo(BaseModel):
 
 
 def _add_widget_ids(schema: dict[str, Any]) -> None:
-    # The anchor's page looks widgets up by `id`, which is always the field name.
+    # Real-Time-Latent-Consistency-Model's page looks widgets up by `id`, which is always the field name.
     for name, prop in schema.get("properties", {}).items():
         prop.setdefault("id", name)
 
@@ -99,11 +110,16 @@ def steps_field(default: int, *, le: int = 15) -> Any:
     return range_field(default, 1, le, 1, "Steps", hide=True)
 
 
-def guidance_field(default: float, description: str | None = None) -> Any:
-    return range_field(
-        default, 0.0, 2.0, 0.01, "Guidance scale", hide=True,
-        description=description or "Fast models want 0 to 2; above 1 the negative prompt is used (a second UNet pass)",
-    )
+CFG_GUIDANCE = "Fast models want 0 to 2; above 1 the negative prompt is used (a second UNet pass)"
+# As in diffusers: an LCM-distilled UNet takes the scale as an embedding and runs no second pass.
+LCM_GUIDANCE = (
+    "LCM models take the scale as their guidance embedding, in one UNet pass, and ignore the negative prompt "
+    "(a model with classifier-free guidance, such as one with an LCM-LoRA, uses it above 1)"
+)
+
+
+def guidance_field(default: float, description: str = CFG_GUIDANCE) -> Any:
+    return range_field(default, 0.0, 2.0, 0.01, "Guidance scale", hide=True, description=description)
 
 
 def strength_field(default: float = 0.5) -> Any:

@@ -5,32 +5,25 @@ make the real diffusers / transformers classes (same architecture family, same c
 SD1.5 + LCM, SD2.1 / sd-turbo, SDXL, TAESD, ControlNet) but hundreds of times smaller, so the
 real pipelines, compel, LoRA loading, save_pretrained / from_pretrained and from_single_file can
 be exercised in milliseconds. Weights are random but deterministic for a given seed.
-
-`save_single_file` writes a pipeline in the original (CompVis / SGM, "civitai") single-file key
-layout so that the loading path for user checkpoints (`from_single_file`) can be tested too.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
 
 import torch
-from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-__all__ = [
-    "tiny_tokenizer",
-    "tiny_sd15",
-    "tiny_sd21",
-    "tiny_sdxl",
-    "tiny_taesd",
-    "tiny_taesdxl",
-    "tiny_controlnet",
-    "tiny_safety_checker",
-    "tiny_lora",
-    "save_single_file",
-]
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderTiny,
+    ControlNetModel,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 
 @contextlib.contextmanager
@@ -42,15 +35,8 @@ def _seeded(seed: int):
         torch.manual_seed(seed)
         yield
 
-
 def _ready(model):
     return model.float().eval()  # .float(), not .to(): diffusers warns on .to(dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenizer and text encoders
-# --------------------------------------------------------------------------------------------
-
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP table mapping each byte to a printable character (byte-level BPE)."""
@@ -63,7 +49,6 @@ def _bytes_to_unicode() -> dict[int, str]:
             chars.append(256 + extra)
             extra += 1
     return dict(zip(printable, map(chr, chars)))
-
 
 def tiny_tokenizer() -> CLIPTokenizer:
     """CLIP BPE tokenizer with a byte-level vocabulary and no merges (514 tokens).
@@ -79,7 +64,6 @@ def tiny_tokenizer() -> CLIPTokenizer:
     # transformers 5: pass vocab/merges as objects; CLIPTokenizer(vocab_file=...) ignores files.
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77, pad_token="<|endoftext|>")
 
-
 def _text_config(tokenizer: CLIPTokenizer, hidden_size: int, hidden_act: str, projection_dim: int | None = None):
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
@@ -94,12 +78,6 @@ def _text_config(tokenizer: CLIPTokenizer, hidden_size: int, hidden_act: str, pr
         eos_token_id=tokenizer.eos_token_id,  # pooled output is taken at the first eos token
         pad_token_id=tokenizer.pad_token_id,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# UNet and VAE
-# --------------------------------------------------------------------------------------------
-
 
 def _unet(cross_attention_dim: int, sample_size: int, **extra) -> UNet2DConditionModel:
     # Two blocks instead of four: enough for down/up sampling, cross attention and skip connections.
@@ -117,7 +95,6 @@ def _unet(cross_attention_dim: int, sample_size: int, **extra) -> UNet2DConditio
         **extra,
     )
 
-
 def _vae(scaling_factor: float, sample_size: int, **extra) -> AutoencoderKL:
     # Four blocks, so the latent is 8x smaller than the image, as in the real VAEs.
     return AutoencoderKL(
@@ -133,7 +110,6 @@ def _vae(scaling_factor: float, sample_size: int, **extra) -> AutoencoderKL:
         scaling_factor=scaling_factor,
         **extra,
     )
-
 
 def _taesd() -> AutoencoderTiny:
     # madebyollin/taesd and taesdxl share one architecture: four blocks (scale factor 8), 4 latents.
@@ -156,12 +132,6 @@ def _taesd() -> AutoencoderTiny:
                     torch.nn.init.zeros_(conv.bias)
     return vae
 
-
-# --------------------------------------------------------------------------------------------
-# Public builders
-# --------------------------------------------------------------------------------------------
-
-
 def tiny_sd15(seed: int = 0, lcm: bool = True) -> dict:
     """SD1.5-shaped components; with lcm=True the UNet is LCM-distilled (like LCM_Dreamshaper_v7)."""
     tokenizer = tiny_tokenizer()
@@ -172,7 +142,6 @@ def tiny_sd15(seed: int = 0, lcm: bool = True) -> dict:
         text_encoder = CLIPTextModel(_text_config(tokenizer, 32, "quick_gelu"))
     return {"unet": _ready(unet), "vae": _ready(vae), "text_encoder": _ready(text_encoder), "tokenizer": tokenizer}
 
-
 def tiny_sd21(seed: int = 0) -> dict:
     """SD2.1 / sd-turbo-shaped components: linear projections in the transformers, OpenCLIP-style text encoder."""
     tokenizer = tiny_tokenizer()
@@ -181,7 +150,6 @@ def tiny_sd21(seed: int = 0) -> dict:
         vae = _vae(scaling_factor=0.18215, sample_size=512)
         text_encoder = CLIPTextModel(_text_config(tokenizer, 32, "gelu"))
     return {"unet": _ready(unet), "vae": _ready(vae), "text_encoder": _ready(text_encoder), "tokenizer": tokenizer}
-
 
 def tiny_sdxl(seed: int = 0) -> dict:
     """SDXL-shaped components: two text encoders (the 2nd with projection), "text_time" added conditioning.
@@ -214,18 +182,15 @@ def tiny_sdxl(seed: int = 0) -> dict:
         "tokenizer_2": tiny_tokenizer(),
     }
 
-
 def tiny_taesd(seed: int = 0) -> AutoencoderTiny:
     """Stands in for madebyollin/taesd."""
     with _seeded(seed):
         return _ready(_taesd())
 
-
 def tiny_taesdxl(seed: int = 0) -> AutoencoderTiny:
     """Stands in for madebyollin/taesdxl (same architecture; other weights than tiny_taesd(seed))."""
     with _seeded(seed + 1_000_003):
         return _ready(_taesd())
-
 
 def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetModel:
     """ControlNet made from `unet` (ControlNetModel.from_unet) with its zero convs made random.
@@ -252,170 +217,12 @@ def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetMode
                 torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     return _ready(controlnet)
 
-
-# --------------------------------------------------------------------------------------------
-# Single-file (original Stable Diffusion / SDXL key layout) export
-# --------------------------------------------------------------------------------------------
-#
-# The inverse of diffusers.loaders.single_file_utils (convert_ldm_unet_checkpoint,
-# convert_ldm_vae_checkpoint, convert_ldm_clip_checkpoint, convert_open_clip_checkpoint), for
-# UNets whose blocks all have `layers_per_block` layers. Every diffusers key must find a place:
-# an unknown key raises instead of being dropped silently.
-
-_UNET_FIXED = {
-    "time_embedding.linear_1.": "time_embed.0.",
-    "time_embedding.linear_2.": "time_embed.2.",
-    "add_embedding.linear_1.": "label_emb.0.0.",  # SDXL "text_time" added conditioning
-    "add_embedding.linear_2.": "label_emb.0.2.",
-    "conv_in.": "input_blocks.0.0.",
-    "conv_norm_out.": "out.0.",
-    "conv_out.": "out.2.",
-}
-_UNET_RESNET = {
-    "norm1.": "in_layers.0.",
-    "conv1.": "in_layers.2.",
-    "time_emb_proj.": "emb_layers.1.",
-    "norm2.": "out_layers.0.",
-    "conv2.": "out_layers.3.",
-    "conv_shortcut.": "skip_connection.",
-}
-
-
-def _replace_prefix(rest: str, table: dict[str, str]) -> str:
-    for old, new in table.items():
-        if rest.startswith(old):
-            return new + rest[len(old) :]
-    raise ValueError(f"no original-layout name for {rest!r}")
-
-
-def _unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    if unet.config.time_cond_proj_dim is not None:
-        # The original layout has no key for an LCM UNet's time_embedding.cond_proj (diffusers
-        # would silently drop it); LCM single files on civitai are LCM-LoRA merges without it.
-        raise ValueError("an LCM-distilled UNet (time_cond_proj_dim set) has no single-file layout")
-    n = unet.config.layers_per_block
-    if not isinstance(n, int):
-        raise ValueError("only UNets with the same layers_per_block in every block are supported")
-    up_has_attention = ["CrossAttn" in t for t in unet.config.up_block_types]
-    out = {}
-    for key, value in unet.state_dict().items():
-        if m := re.fullmatch(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.+)", key):
-            side, block, kind, layer, rest = m[1], int(m[2]), m[3], int(m[4]), m[5]
-            # A down block is n layers + a downsampler (input_blocks.0 is conv_in); an up block is
-            # n + 1 layers, its upsampler inside the last. Each layer: .0 resnet, .1 attention.
-            if side == "down":
-                name, index = "input_blocks", 1 + block * (n + 1) + layer
-            else:
-                name, index = "output_blocks", block * (n + 1) + layer
-            inner = f"0.{_replace_prefix(rest, _UNET_RESNET)}" if kind == "resnets" else f"1.{rest}"
-            new = f"{name}.{index}.{inner}"
-        elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.+)", key):
-            new = f"input_blocks.{(int(m[1]) + 1) * (n + 1)}.0.op.{m[2]}"
-        elif m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", key):
-            new = f"middle_block.{2 * int(m[1])}.{_replace_prefix(m[2], _UNET_RESNET)}"  # resnet, attention, resnet
-        elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", key):
-            new = f"middle_block.1.{m[1]}"
-        elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.+)", key):
-            block = int(m[1])
-            slot = 2 if up_has_attention[block] else 1  # after the resnet (and the attention, if any)
-            new = f"output_blocks.{block * (n + 1) + n}.{slot}.conv.{m[2]}"
-        else:
-            new = _replace_prefix(key, _UNET_FIXED)
-        out["model.diffusion_model." + new] = value
-    return out
-
-
-_VAE_FIXED = {
-    "conv_norm_out.": "norm_out.",
-    "conv_in.": "conv_in.",
-    "conv_out.": "conv_out.",
-}
-_VAE_ATTENTION = {
-    "group_norm.": "norm.",
-    "to_q.": "q.",
-    "to_k.": "k.",
-    "to_v.": "v.",
-    "to_out.0.": "proj_out.",
-}
-
-
-def _vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
-    num_up = len(vae.config.up_block_types)
-    out = {}
-    for key, value in vae.state_dict().items():
-        if key.startswith(("quant_conv.", "post_quant_conv.")):
-            new = key
-        else:
-            part, rest = key.split(".", 1)  # encoder / decoder
-            if m := re.fullmatch(r"down_blocks\.(\d+)\.resnets\.(.+)", rest):
-                rest = f"down.{m[1]}.block.{m[2]}"
-            elif m := re.fullmatch(r"down_blocks\.(\d+)\.downsamplers\.0\.(.+)", rest):
-                rest = f"down.{m[1]}.downsample.{m[2]}"
-            elif m := re.fullmatch(r"up_blocks\.(\d+)\.resnets\.(.+)", rest):
-                rest = f"up.{num_up - 1 - int(m[1])}.block.{m[2]}"  # the original numbers them bottom-up
-            elif m := re.fullmatch(r"up_blocks\.(\d+)\.upsamplers\.0\.(.+)", rest):
-                rest = f"up.{num_up - 1 - int(m[1])}.upsample.{m[2]}"
-            elif m := re.fullmatch(r"mid_block\.resnets\.(\d+)\.(.+)", rest):
-                rest = f"mid.block_{int(m[1]) + 1}.{m[2]}"
-            elif m := re.fullmatch(r"mid_block\.attentions\.0\.(.+)", rest):
-                rest = f"mid.attn_1.{_replace_prefix(m[1], _VAE_ATTENTION)}"
-                if value.dim() == 2:  # the original attention uses 1x1 convs
-                    value = value[:, :, None, None]
-            else:
-                rest = _replace_prefix(rest, _VAE_FIXED)
-            new = f"{part}.{rest}".replace(".conv_shortcut.", ".nin_shortcut.")
-        out["first_stage_model." + new] = value
-    return out
-
-
-def _clip_to_ldm(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
-    """OpenAI CLIP (SD1.x, SDXL's first encoder): transformers' own names under a prefix."""
-    # transformers >= 5.6 dropped the "text_model." level of CLIPTextModel; the files keep it.
-    state = text_encoder.state_dict()
-    return {prefix + "text_model." + k.removeprefix("text_model."): v for k, v in state.items()}
-
-
-_OPEN_CLIP_FIXED = {
-    "embeddings.token_embedding.weight": "token_embedding.weight",
-    "embeddings.position_embedding.weight": "positional_embedding",
-    "final_layer_norm.weight": "ln_final.weight",
-    "final_layer_norm.bias": "ln_final.bias",
-}
-_OPEN_CLIP_LAYER = {
-    "self_attn.out_proj.": "attn.out_proj.",
-    "layer_norm1.": "ln_1.",
-    "layer_norm2.": "ln_2.",
-    "mlp.fc1.": "mlp.c_fc.",
-    "mlp.fc2.": "mlp.c_proj.",
-}
-
-
-def _open_clip_to_ldm(text_encoder, prefix: str) -> dict[str, torch.Tensor]:
-    """OpenCLIP layout (SD2.x, SDXL's second encoder): fused q/k/v, transposed text projection."""
-    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
-    out = {}
-    for key, value in state.items():
-        if key == "text_projection.weight":
-            out[prefix + "text_projection"] = value.T.contiguous()
-        elif key in _OPEN_CLIP_FIXED:
-            out[prefix + _OPEN_CLIP_FIXED[key]] = value
-        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)", key):
-            layer, kind = m[1], m[2]
-            qkv = [state[f"encoder.layers.{layer}.self_attn.{p}_proj.{kind}"] for p in "qkv"]
-            out[prefix + f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat(qkv)
-        elif re.fullmatch(r"encoder\.layers\.\d+\.self_attn\.[kv]_proj\.(weight|bias)", key):
-            continue  # fused into in_proj with q above
-        elif m := re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)", key):
-            out[prefix + f"transformer.resblocks.{m[1]}.{_replace_prefix(m[2], _OPEN_CLIP_LAYER)}"] = value
-        else:
-            raise ValueError(f"no original-layout name for text encoder key {key!r}")
-    return out
-
-
 def tiny_safety_checker(seed: int = 0):
     """(StableDiffusionSafetyChecker, CLIPImageProcessor) on 32x32 crops, standing in for
     CompVis/stable-diffusion-safety-checker. Its concept thresholds are the real class's defaults."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from diffusers.pipelines.stable_diffusion.safety_checker import (
+        StableDiffusionSafetyChecker,
+    )
     from transformers import CLIPConfig, CLIPImageProcessor
 
     clip = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
@@ -428,28 +235,6 @@ def tiny_safety_checker(seed: int = 0):
         checker = StableDiffusionSafetyChecker(config)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return _ready(checker), processor
-
-
-def save_single_file(pipe, path: str) -> None:
-    """Write `pipe`'s unet, vae and text encoder(s) as one original-layout .safetensors checkpoint.
-
-    SD1.x: cond_stage_model.transformer.* (OpenAI CLIP); SD2.x: cond_stage_model.model.* (OpenCLIP,
-    chosen when the encoder's hidden_act is "gelu"); SDXL (a pipeline with text_encoder_2):
-    conditioner.embedders.0.transformer.* and conditioner.embedders.1.model.*. Load it back with
-    `<PipelineClass>.from_single_file(path, config=<folder with the pipeline's configs>)`.
-    """
-    from safetensors.torch import save_file
-
-    state = {**_unet_to_ldm(pipe.unet), **_vae_to_ldm(pipe.vae)}
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        state.update(_clip_to_ldm(pipe.text_encoder, "conditioner.embedders.0.transformer."))
-        state.update(_open_clip_to_ldm(pipe.text_encoder_2, "conditioner.embedders.1.model."))
-    elif pipe.text_encoder.config.hidden_act == "gelu":
-        state.update(_open_clip_to_ldm(pipe.text_encoder, "cond_stage_model.model."))
-    else:
-        state.update(_clip_to_ldm(pipe.text_encoder, "cond_stage_model.transformer."))
-    save_file({k: v.detach().contiguous() for k, v in state.items()}, path)
-
 
 def tiny_lora(unet: UNet2DConditionModel, seed: int = 0, rank: int = 4) -> dict[str, torch.Tensor]:
     """A random LoRA for `unet`'s attention projections, as the state dict `load_lora_weights`

@@ -1,5 +1,11 @@
-"""Test helpers: start the real server in a subprocess on a loopback port, and talk to it the way
-the anchor's clients do (websocket ping-pong plus an MJPEG stream read over HTTP)."""
+"""Real clients of the real server, for the tests and the benchmarks: start `python server/main.py` in a
+subprocess on a loopback port (`run_server`), and talk to it as the web page and the clients of
+Real-Time-Latent-Consistency-Model do (`Client`: websocket ping-pong; `mjpeg_frames`: the MJPEG
+stream read over HTTP; `LiveUser`: both at once, as one user), with camera-like frames
+(`camera_pixels`) that can carry their number (`stamp`, `read_stamp`).
+
+The benchmarks and the tests import this module; it imports neither.
+"""
 
 from __future__ import annotations
 
@@ -117,13 +123,55 @@ def run_server(*args: str, env: dict[str, str] | None = None, startup_timeout: f
                 proc.wait()
 
 
-def camera_jpeg(seed: int = 0, width: int = 320, height: int = 240, quality: int = 85) -> bytes:
-    """A camera-like frame: smooth gradients plus noise, different for each seed."""
+def camera_pixels(seed: int = 0, width: int = 320, height: int = 240, noise: float = 20.0) -> np.ndarray:
+    """A camera-like frame, HxWx3 uint8: smooth gradients plus sensor noise, different for each seed.
+    At 512x512, `noise=6` makes JPEGs of about 100 KB at quality 90, like a webcam's."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     base = np.stack([x * 255 / width, y * 255 / height, np.full_like(x, (seed * 37) % 255)], axis=-1)
-    pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-    return simplejpeg.encode_jpeg(pixels, quality=quality)
+    return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+
+
+def camera_jpeg(seed: int = 0, width: int = 320, height: int = 240, quality: int = 85, noise: float = 20.0) -> bytes:
+    return simplejpeg.encode_jpeg(camera_pixels(seed, width, height, noise), quality=quality)
+
+
+# The frame-number stamp: STAMP_COLS x STAMP_ROWS blocks of STAMP_BLOCK pixels in the top-left corner,
+# black or white: 20 bits of number and a 4-bit check, which survive JPEG at any usual quality and are
+# read back from a 1/8-scale decode (each block is then 4 pixels wide; its centre is sampled).
+STAMP_BLOCK = 32
+STAMP_COLS, STAMP_ROWS = 6, 4
+NUMBER_BITS = 20
+
+
+def _check(number: int) -> int:
+    nibbles = sum((number >> shift) & 0xF for shift in range(0, NUMBER_BITS, 4))
+    return (nibbles & 0xF) ^ 0xA  # an all-black corner does not read as frame 0
+
+
+def stamp(pixels: np.ndarray, number: int) -> None:
+    """Paint `number` (below 2**20) into the top-left corner of an HxWx3 uint8 image, in place."""
+    bits = (number & ((1 << NUMBER_BITS) - 1)) | (_check(number) << NUMBER_BITS)
+    for i in range(STAMP_COLS * STAMP_ROWS):
+        row, col = divmod(i, STAMP_COLS)
+        value = 255 if (bits >> i) & 1 else 0
+        pixels[row * STAMP_BLOCK : (row + 1) * STAMP_BLOCK, col * STAMP_BLOCK : (col + 1) * STAMP_BLOCK] = value
+
+
+def read_stamp(jpeg: bytes) -> int | None:
+    """The number stamped in a JPEG, or None when the corner does not hold a valid stamp."""
+    height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+    small = simplejpeg.decode_jpeg(jpeg, colorspace="GRAY", min_height=height // 8, min_width=width // 8)
+    scale = width / small.shape[1]
+    bits = 0
+    for i in range(STAMP_COLS * STAMP_ROWS):
+        row, col = divmod(i, STAMP_COLS)
+        y = int((row + 0.5) * STAMP_BLOCK / scale)
+        x = int((col + 0.5) * STAMP_BLOCK / scale)
+        if small[y, x, 0] >= 128:
+            bits |= 1 << i
+    number = bits & ((1 << NUMBER_BITS) - 1)
+    return number if bits >> NUMBER_BITS == _check(number) else None
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
@@ -132,7 +180,7 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
 
 
 class Client:
-    """A protocol client: one user's websocket, answering send_frame like the anchor's page does."""
+    """A protocol client: one user's websocket, answering send_frame as the web page does."""
 
     def __init__(self, server: RunningServer, user_id: str | None = None) -> None:
         self.server = server
@@ -145,7 +193,18 @@ class Client:
         return await self.recv()
 
     async def recv(self, timeout: float = 30.0) -> dict[str, Any]:
-        return json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        """The next message (asyncio.TimeoutError after `timeout` s). Not asyncio.wait_for: before
+        Python 3.12 it can swallow a cancellation that comes as the message arrives, and a cancelled
+        pump would then go on answering frames beside its successor."""
+        receiving = asyncio.ensure_future(self.ws.recv())
+        try:
+            done, _ = await asyncio.wait({receiving}, timeout=timeout)
+        finally:
+            if not receiving.done():
+                receiving.cancel()  # websockets keeps a message whose recv() is cancelled
+        if not done:
+            raise asyncio.TimeoutError
+        return json.loads(receiving.result())
 
     async def recv_until(self, status: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -167,12 +226,16 @@ class Client:
             await self.ws.close()
 
     async def pump(self, params: dict[str, Any], frames: int | None = None, jpeg: bytes | None = None) -> None:
-        """Answer every send_frame with params and a frame, like a camera page (forever by default)."""
+        """Answer every send_frame with params and a frame, like a camera page (forever by default, or
+        until the server closes the socket: ConnectionClosed, once what it said before is read)."""
         sent = 0
         while frames is None or sent < frames:
             message = await self.recv(timeout=60)
             if message["status"] == "send_frame":
-                await self.send_frame(params, jpeg if jpeg is not None else camera_jpeg(sent))
+                try:
+                    await self.send_frame(params, jpeg if jpeg is not None else camera_jpeg(sent))
+                except websockets.ConnectionClosed:
+                    continue  # the server has closed: the messages it sent before are still to be read
                 sent += 1
             elif message["status"] != "wait":
                 self.messages.append(message)
@@ -216,3 +279,55 @@ async def take(frames: AsyncIterator[bytes], count: int, timeout: float = 60.0) 
         return out
 
     return await asyncio.wait_for(collect(), timeout)
+
+
+class LiveUser:
+    """One user as the web page is one: its websocket answers every `send_frame` with `params` and a
+    camera frame (`jpeg`, or a new camera-like frame each time), and its MJPEG stream shows the
+    outputs. The stream opens with the first `frames()` call (which starts the frame requests).
+
+        async with LiveUser(server, {"prompt": "a cat", "width": 256, "height": 256}) as user:
+            frames = await user.frames(3)
+    """
+
+    def __init__(
+        self, server: RunningServer, params: dict[str, Any], *, user_id: str | None = None, jpeg: bytes | None = None
+    ) -> None:
+        self.client = Client(server, user_id)
+        self.params = params
+        self.jpeg = jpeg
+        self._server = server
+        self._http: httpx.AsyncClient | None = None
+        self._stream: AsyncIterator[bytes] | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.client.user_id
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """What the server said besides send_frame and wait (errors, say), in order."""
+        return self.client.messages
+
+    async def __aenter__(self) -> LiveUser:
+        connected = await self.client.connect()
+        assert connected["status"] == "connected", connected
+        self._http = httpx.AsyncClient(timeout=60)
+        self._stream = mjpeg_frames(self._server, self.user_id, self._http)
+        self._pump = asyncio.create_task(self.client.pump(self.params, jpeg=self.jpeg))
+        return self
+
+    async def frames(self, count: int, timeout: float = 60.0) -> list[bytes]:
+        """The next `count` frames of the stream."""
+        assert self._stream is not None
+        return await take(self._stream, count, timeout)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+        if self._stream is not None:
+            await self._stream.aclose()  # type: ignore[attr-defined]
+        if self._http is not None:
+            await self._http.aclose()
+        await self.client.close()

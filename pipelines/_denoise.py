@@ -1,0 +1,205 @@
+"""The denoising loop every pipeline runs: image to image (or text to image), a batch of frames with
+one prompt and seed each, classifier-free guidance, SDXL conditioning and ControlNet. Its images
+equal the stock diffusers pipelines' wherever the two mean the same thing (tests/test_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines._prompts import PromptEmbeds
+
+
+def images_to_tensor(images: Sequence[Image.Image], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """PIL RGB images of one size -> Nx3xHxW in [-1, 1], channels_last."""
+    array = np.stack([np.asarray(image.convert("RGB")) for image in images])  # a new, writable array
+    tensor = torch.from_numpy(array).to(device).permute(0, 3, 1, 2)
+    tensor = tensor.to(dtype=dtype).div_(127.5).sub_(1.0)
+    return tensor.contiguous(memory_format=torch.channels_last)
+
+def tensor_to_images(tensor: torch.Tensor) -> list[Image.Image]:
+    """Nx3xHxW in [-1, 1] -> PIL RGB images."""
+    array = tensor.float().add(1.0).mul(127.5).clamp(0, 255).round().to(torch.uint8)
+    return [Image.fromarray(frame) for frame in array.permute(0, 2, 3, 1).cpu().numpy()]
+
+def encode_latents(vae: Any, image: torch.Tensor) -> torch.Tensor:
+    encoded = vae.encode(image)
+    if hasattr(encoded, "latents"):  # AutoencoderTiny (TAESD)
+        latents = encoded.latents
+    else:  # AutoencoderKL: the mean is enough, img2img adds its own noise
+        latents = encoded.latent_dist.mode()
+    return latents * vae.config.scaling_factor
+
+def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
+    return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """Schedule length so that int(n * strength) >= 1: at least one denoising step always runs."""
+    n = steps
+    while int(n * strength) < 1:
+        n += 1
+    return n
+
+@contextmanager
+def _quiet(scheduler: Any) -> Iterator[None]:
+    scheduler_log = logging.getLogger(type(scheduler).__module__)
+    level = scheduler_log.level
+    scheduler_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        scheduler_log.setLevel(level)
+
+def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
+    """The timesteps an image-to-image frame runs: int(n * strength) steps (at least one) of the
+    n-step schedule, as diffusers does, but starting from the noise level `strength` asks for, so
+    strength stays a continuous knob even at one or two steps."""
+    n = img2img_steps(steps, strength)
+    scheduler.set_timesteps(n)
+    tail = [int(t) for t in scheduler.timesteps[n - int(n * strength) :]]
+    train_steps = scheduler.config.num_train_timesteps
+    first = round(strength * train_steps) - 1
+    original_steps = getattr(scheduler.config, "original_inference_steps", None)
+    if original_steps:  # LCM: stay on the timesteps it was distilled on
+        stride = train_steps // original_steps
+        first = max(1, round((first + 1) / stride)) * stride - 1
+    return [max(first, tail[0]), *tail[1:]]
+
+def guidance_embedding(unet: Any, guidance_scale: float, batch: int) -> torch.Tensor | None:
+    """LCM-distilled UNets take the guidance scale as an embedding (w - 1, as diffusers' LCM pipelines)."""
+    dim = unet.config.time_cond_proj_dim
+    if dim is None:
+        return None
+    w = torch.full((batch,), (guidance_scale - 1.0) * 1000.0)
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(np.log(10000.0) / (half - 1)))
+    angles = w[:, None] * freqs[None, :]
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    if dim % 2 == 1:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding.to(device=unet.device, dtype=unet.dtype)
+
+@dataclass(frozen=True)
+class Control:
+    """A ControlNet and its conditioning image for one frame (diffusers' semantics for start and end)."""
+
+    controlnet: Any
+    image: torch.Tensor  # 1x3xHxW in [0, 1]
+    scale: float
+    start: float = 0.0  # fraction of the denoising steps where the control starts to apply
+    end: float = 1.0  # ... and where it stops
+
+def denoise(
+    pipe: Any,
+    images: torch.Tensor | None,
+    prompts: Sequence[PromptEmbeds],
+    *,
+    seeds: Sequence[int],
+    steps: int,
+    strength: float,
+    guidance_scale: float,
+    width: int | None = None,
+    height: int | None = None,
+    control: Control | None = None,
+) -> torch.Tensor:
+    """Denoise a batch of frames (one prompt and seed each, everything else shared) with the pipe's
+    unet, vae and scheduler; returns Nx3xHxW in [-1, 1].
+
+    With images: encode them, noise them to `strength`, run int(n * strength) steps of an n-step
+    schedule (at least one), decode. With `images=None` (text to image): start from pure noise of
+    width x height and run all `steps`. SDXL's pooled embeddings and size conditioning, and a
+    ControlNet, are used when given. Each frame's output depends only on its own inputs and seed.
+
+    Guidance, as in diffusers: an LCM-distilled UNet (one with a guidance embedding) takes the scale
+    as that embedding and nothing else, so its negative prompt has no effect; any other UNet runs
+    classifier-free guidance against the negative prompts (a second UNet pass) when the scale is
+    above 1.
+    """
+    lengths = [prompt.embeds.shape[1] for prompt in prompts]
+    if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
+        return _denoise_by_length(pipe, images, prompts, lengths, seeds=seeds, steps=steps, strength=strength,
+                                  guidance_scale=guidance_scale, width=width, height=height, control=control)
+    unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
+    device, dtype = unet.device, unet.dtype
+    generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
+    cfg = guidance_scale > 1.0 and unet.config.time_cond_proj_dim is None
+
+    if images is None:
+        scheduler.set_timesteps(steps, device=device)
+    else:
+        with _quiet(scheduler):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
+            scheduler.set_timesteps(timesteps=img2img_timesteps(scheduler, steps, strength), device=device)
+    timesteps = scheduler.timesteps
+
+    def noise(shape: tuple[int, ...]) -> torch.Tensor:  # each frame's noise from its own seed
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generators])
+
+    if images is None:
+        factor = pipe.vae_scale_factor
+        latents = noise((len(seeds), unet.config.in_channels, height // factor, width // factor))
+        latents = latents * scheduler.init_noise_sigma
+    else:
+        latents = encode_latents(vae, images)
+        latents = scheduler.add_noise(latents, noise(latents.shape), timesteps[:1])
+    out_height, out_width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
+
+    def guided(positive: list[torch.Tensor], negative: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([*negative, *positive]) if cfg else torch.cat(positive)  # uncond first, as chunk(2) reads
+
+    embeds = guided([p.embeds for p in prompts], [p.negative_embeds for p in prompts])
+    batch = embeds.shape[0]
+    timestep_cond = guidance_embedding(unet, guidance_scale, batch)
+    added_cond = None
+    if prompts[0].pooled is not None:  # SDXL: pooled text embedding and size micro-conditioning
+        pooled = guided([p.pooled for p in prompts], [p.negative_pooled for p in prompts])
+        time_ids = torch.tensor([[out_height, out_width, 0, 0, out_height, out_width]], device=device, dtype=dtype)
+        added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(batch, 1)}
+    control_image = None
+    if control is not None:
+        control_image = control.image.to(device=device, dtype=dtype)
+        control_image = torch.cat([control_image] * (batch // len(seeds)))
+
+    result = latents
+    for i, t in enumerate(timesteps):
+        model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if cfg else latents, t)
+        residuals = {}
+        if control is not None and control.start <= i / len(timesteps) and (i + 1) / len(timesteps) <= control.end:
+            down, mid = control.controlnet(
+                model_input, t, encoder_hidden_states=embeds, controlnet_cond=control_image,
+                conditioning_scale=control.scale, added_cond_kwargs=added_cond, return_dict=False,
+            )
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        noise_pred = unet(
+            model_input, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond,
+            added_cond_kwargs=added_cond, return_dict=False, **residuals,
+        )[0]
+        if cfg:
+            uncond, cond = noise_pred.chunk(2)
+            noise_pred = uncond + guidance_scale * (cond - uncond)
+        out = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=True)
+        latents = out.prev_sample
+        # LCM's output is its denoised estimate; other schedulers end on prev_sample.
+        result = getattr(out, "denoised", None)
+        if result is None:
+            result = latents
+    return decode_latents(vae, result)
+
+def _denoise_by_length(pipe: Any, images: torch.Tensor | None, prompts: Sequence[PromptEmbeds], lengths: list[int],
+                       *, seeds: Sequence[int], control: Control | None, **shared: Any) -> torch.Tensor:
+    outputs: dict[int, torch.Tensor] = {}
+    for length in sorted(set(lengths)):
+        rows = [i for i, n in enumerate(lengths) if n == length]
+        part_control = None if control is None else replace(control, image=control.image[rows])
+        part = denoise(
+            pipe, None if images is None else images[rows], [prompts[i] for i in rows],
+            seeds=[seeds[i] for i in rows], control=part_control, **shared,
+        )
+        outputs.update(zip(rows, part))
+    return torch.stack([outputs[i] for i in range(len(lengths))])
