@@ -109,13 +109,19 @@ def decode_image(
 
 
 def rgb_pixels(image: Image.Image) -> np.ndarray:
-    """The RGB pixels of an image (height x width x 3, uint8), made read-only: the worker converts each
-    generated frame once and shares the array between the JPEG encoder and the outputs."""
+    """The RGB pixels of an image (height x width x 3, uint8), read-only: what the outputs (NDI,
+    Syphon) take, converted once per frame and shared between them."""
     pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     pixels.flags.writeable = False
     return pixels
 
 
 def encode_jpeg(image: Image.Image | np.ndarray, quality: int) -> bytes:
-    pixels = image if isinstance(image, np.ndarray) else rgb_pixels(image)
-    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGB", colorsubsampling="420")
+    """JPEG bytes (4:2:0) of an image or of RGB pixels. An RGB image is encoded from its own buffer,
+    which PIL keeps as 4 bytes a pixel: one straight copy, no repacking to 3 bytes."""
+    if isinstance(image, np.ndarray):
+        return simplejpeg.encode_jpeg(image, quality=quality, colorspace="RGB", colorsubsampling="420")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    pixels = np.frombuffer(image.tobytes("raw", "RGBX"), np.uint8).reshape(image.height, image.width, 4)
+    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGBX", colorsubsampling="420")

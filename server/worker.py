@@ -291,7 +291,7 @@ class Worker:
             else:
                 to_generate.append(index)
         if to_generate:
-            generated = self._generate([jobs[i][1] for i in to_generate], [images[i] for i in to_generate], started_at)
+            generated = self._generate([jobs[i] for i in to_generate], [images[i] for i in to_generate], started_at)
             for index, result in zip(to_generate, generated):
                 results[index] = result
                 source = jobs[index][0]
@@ -299,7 +299,10 @@ class Worker:
                     self.similarity_filter.remember(source, jobs[index][1], images[index], result)
         return [result or _error(frame, started_at, "Model error: no result", "model") for result, (_, frame) in zip(results, jobs)]
 
-    def _generate(self, frames: list[Frame], images: list[Image.Image | None], started_at: float) -> list[Result]:
+    def _generate(
+        self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None], started_at: float
+    ) -> list[Result]:
+        frames = [frame for _, frame in jobs]
         try:
             if len(frames) == 1:
                 outputs = [self.pipeline.predict(frames[0].params, images[0])]
@@ -309,12 +312,14 @@ class Worker:
                 count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
                 raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
             results = []
-            for frame, image in zip(frames, outputs):
+            for (source, frame), image in zip(jobs, outputs):
+                wants_pixels = isinstance(source, Session) and bool(source.outputs)  # NDI, Syphon
                 image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)
-                pixels = rgb_pixels(image)
-                results.append(Result(frame, started_at, 0.0, jpeg=encode_jpeg(pixels, self.jpeg_quality), pixels=pixels))
+                jpeg = encode_jpeg(image, self.jpeg_quality)
+                pixels = rgb_pixels(image) if wants_pixels else None
+                results.append(Result(frame, started_at, 0.0, jpeg=jpeg, pixels=pixels))
             self.frames_done += len(frames)
             self.batches += 1
             return results
