@@ -39,13 +39,14 @@ from pipelines._base import (
     size_field,
     steps_field,
     strength_field,
+    temporal_field,
 )
 
 __all__ = [
     "CFG_GUIDANCE", "LCM_GUIDANCE", "BatchPipeline", "ModelLoadError", "ModelMismatch", "ModelOptions", "ModelUnavailable", "ParamsModel",
     "Pipeline", "PipelineInfo", "UnknownPipeline", "available", "batch_key", "checkbox_field", "guidance_field",
     "load", "load_module", "negative_prompt_field", "prompt_field", "range_field", "seed_field", "select_field",
-    "size_field", "steps_field", "strength_field",
+    "size_field", "steps_field", "strength_field", "temporal_field",
 ]
 
 

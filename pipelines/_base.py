@@ -8,6 +8,9 @@ A pipeline module defines three names:
   `min`, `max`, `step`, `hide`, `values`).
 - `Pipeline`: built as `Pipeline(config, device, dtype)`, with `predict(params, image) -> image`.
   A model that cannot be loaded raises `ModelLoadError` (the message says why and what to do).
+  A pipeline whose params have `temporal_consistency` (`temporal_field()`) keeps a memory per video
+  stream: `new_memory()` makes one, and `predict(params, image, memory)` / `predict_batch(batch,
+  images, memories)` take it with each frame.
 
 The field helpers below keep the enforced bound and the widget hint in one place, so they can
 never disagree.
@@ -126,6 +129,15 @@ def strength_field(default: float = 0.5) -> Any:
     return range_field(default, 0.1, 1.0, 0.01, "Strength", description="How far the output may stray from the input")
 
 
+def temporal_field() -> Any:
+    """How much a video stream's frames carry over to the next (pipelines/_temporal.py): 0 frames are
+    independent; 1 the least flicker."""
+    return range_field(
+        0.0, 0.0, 1.0, 0.01, "Temporal consistency",
+        description="Less flicker between frames: 0 draws each frame on its own, 1 carries the most over from the last",
+    )
+
+
 def seed_field(default: int, *, hide: bool = False) -> Any:
     return Field(
         default,
@@ -170,8 +182,11 @@ class BatchPipeline:
     """Base of pipelines that run several frames as one batch: `predict_batch` does the work, for
     frames whose `batch_key` is equal; `predict` is a batch of one."""
 
-    def predict(self, params: ParamsModel, image: Image.Image | None = None) -> Image.Image:
-        return self.predict_batch([params], [image])[0]
+    def predict(self, params: ParamsModel, image: Image.Image | None = None, memory: Any = None) -> Image.Image:
+        """One frame; `memory` (from `new_memory()`, pipelines with temporal consistency) is its stream's."""
+        if memory is None:
+            return self.predict_batch([params], [image])[0]
+        return self.predict_batch([params], [image], [memory])[0]  # type: ignore[call-arg]
 
     def predict_batch(self, batch: list[Any], images: list[Any]) -> list[Image.Image]:
         raise NotImplementedError

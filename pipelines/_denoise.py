@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from pipelines._prompts import PromptEmbeds
+from pipelines._temporal import FeatureBank, StreamMemory, blend_previous_output
 
 
 def images_to_tensor(images: Sequence[Image.Image], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -108,6 +109,9 @@ def denoise(
     width: int | None = None,
     height: int | None = None,
     control: Control | None = None,
+    memories: Sequence[StreamMemory | None] | None = None,
+    temporal: float = 0.0,
+    bank: FeatureBank | None = None,
 ) -> torch.Tensor:
     """Denoise a batch of frames (one prompt and seed each, everything else shared) with the pipe's
     unet, vae and scheduler; returns Nx3xHxW in [-1, 1].
@@ -121,11 +125,18 @@ def denoise(
     as that embedding and nothing else, so its negative prompt has no effect; any other UNet runs
     classifier-free guidance against the negative prompts (a second UNet pass) when the scale is
     above 1.
+
+    Temporal consistency (pipelines/_temporal.py): with `memories` (one per frame, its stream's, or
+    None) and `temporal` above 0, each frame starts from its encoding blended with its stream's
+    previous output, and the UNet's self-attention in `bank` also attends to the stream's previous
+    frame; the memories then hold this frame. At 0, the frames are independent.
     """
     lengths = [prompt.embeds.shape[1] for prompt in prompts]
     if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
         return _denoise_by_length(pipe, images, prompts, lengths, seeds=seeds, steps=steps, strength=strength,
-                                  guidance_scale=guidance_scale, width=width, height=height, control=control)
+                                  guidance_scale=guidance_scale, width=width, height=height, control=control,
+                                  memories=memories, temporal=temporal, bank=bank)
+    remember = memories is not None and temporal > 0 and images is not None
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = unet.device, unet.dtype
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
@@ -147,6 +158,8 @@ def denoise(
         latents = latents * scheduler.init_noise_sigma
     else:
         latents = encode_latents(vae, images)
+        if remember:
+            latents = blend_previous_output(latents, list(memories), temporal)  # type: ignore[arg-type]
         latents = scheduler.add_noise(latents, noise(latents.shape), timesteps[:1])
     out_height, out_width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
 
@@ -166,8 +179,30 @@ def denoise(
         control_image = control.image.to(device=device, dtype=dtype)
         control_image = torch.cat([control_image] * (batch // len(seeds)))
 
+    if bank is not None and remember:
+        bank.start(list(memories), rows_per_frame=2 if cfg else 1, strength=temporal)  # type: ignore[arg-type]
+    try:
+        result = _steps(unet, scheduler, latents, timesteps, embeds, timestep_cond, added_cond, cfg, guidance_scale,
+                        generators, control, control_image, bank)
+    finally:
+        if bank is not None:
+            bank.stop()
+    if remember:
+        for row, memory in enumerate(memories):  # type: ignore[arg-type]
+            if memory is not None:
+                memory.output_latent = result[row : row + 1].detach()
+    return decode_latents(vae, result)
+
+
+def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor,
+           timestep_cond: torch.Tensor | None, added_cond: dict[str, torch.Tensor] | None, cfg: bool,
+           guidance_scale: float, generators: list[torch.Generator], control: Control | None,
+           control_image: torch.Tensor | None, bank: FeatureBank | None) -> torch.Tensor:
+    """The denoising steps: the final latents (LCM: its last denoised estimate)."""
     result = latents
     for i, t in enumerate(timesteps):
+        if bank is not None:
+            bank.step = i
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if cfg else latents, t)
         residuals = {}
         if control is not None and control.start <= i / len(timesteps) and (i + 1) / len(timesteps) <= control.end:
@@ -189,17 +224,20 @@ def denoise(
         result = getattr(out, "denoised", None)
         if result is None:
             result = latents
-    return decode_latents(vae, result)
+    return result
+
 
 def _denoise_by_length(pipe: Any, images: torch.Tensor | None, prompts: Sequence[PromptEmbeds], lengths: list[int],
-                       *, seeds: Sequence[int], control: Control | None, **shared: Any) -> torch.Tensor:
+                       *, seeds: Sequence[int], control: Control | None,
+                       memories: Sequence[StreamMemory | None] | None, **shared: Any) -> torch.Tensor:
     outputs: dict[int, torch.Tensor] = {}
     for length in sorted(set(lengths)):
         rows = [i for i, n in enumerate(lengths) if n == length]
         part_control = None if control is None else replace(control, image=control.image[rows])
         part = denoise(
             pipe, None if images is None else images[rows], [prompts[i] for i in rows],
-            seeds=[seeds[i] for i in rows], control=part_control, **shared,
+            seeds=[seeds[i] for i in rows], control=part_control,
+            memories=None if memories is None else [memories[i] for i in rows], **shared,
         )
         outputs.update(zip(rows, part))
     return torch.stack([outputs[i] for i in range(len(lengths))])

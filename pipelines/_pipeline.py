@@ -14,15 +14,18 @@ from pipelines._images import crop_to_fill
 from pipelines._loading import swap_in_taesd
 from pipelines._lora import Loras
 from pipelines._prompts import PromptCache
+from pipelines._temporal import FeatureBank, StreamMemory
 
 
 class DiffusersPipeline(BatchPipeline):
     """What every pipeline here shares once its module has built `self.pipe` (a diffusers pipeline
     holding the unet, vae, text encoders and scheduler): the user's LoRAs and their `lora_scale`
-    parameter, TAESD, device, dtype and compile, the prompt cache, and the frame loop: crop each frame
-    to the requested size, denoise the batch (image to image, or text to image without frames)."""
+    parameter, TAESD, device, dtype and compile, the prompt cache, temporal consistency (for params
+    with `temporal_consistency`), and the frame loop: crop each frame to the requested size, denoise
+    the batch (image to image, or text to image without frames)."""
 
     pipe: Any
+    bank: FeatureBank | None = None
 
     def setup(
         self,
@@ -38,12 +41,20 @@ class DiffusersPipeline(BatchPipeline):
         self.loras = Loras(self.pipe, config.loras, fuse=config.fuse_loras)
         self.InputParams = self.loras.params_type(params)
         swap_in_taesd(self.pipe, config, taesd_id, tiny_taesd)
+        if "temporal_consistency" in params.model_fields:
+            self.bank = FeatureBank(self.pipe.unet)  # before compiling: the processors are part of the graph
         optimize(self.pipe, config, device)
         self.prompts = PromptCache(self.pipe, use_compel=config.compel, sdxl=sdxl)
 
+    def new_memory(self) -> StreamMemory:
+        """A video stream's temporal memory, to pass with each of its frames (`predict(..., memory=)`)."""
+        return StreamMemory()
+
     @torch.inference_mode()
-    def predict_batch(self, batch: list[Any], images: list[Image.Image | None]) -> list[Image.Image]:
-        return self.generate(batch, self.frames(batch[0], images))
+    def predict_batch(
+        self, batch: list[Any], images: list[Image.Image | None], memories: list[StreamMemory | None] | None = None
+    ) -> list[Image.Image]:
+        return self.generate(batch, self.frames(batch[0], images), memories=memories)
 
     def frames(self, shared: Any, images: list[Image.Image | None]) -> list[Image.Image] | None:
         """The input frames cropped to fill the requested size; None for text to image."""
@@ -51,9 +62,22 @@ class DiffusersPipeline(BatchPipeline):
             return None
         return [crop_to_fill(image, shared.width, shared.height) for image in images]
 
-    def generate(self, batch: list[Any], frames: list[Image.Image] | None, control: Control | None = None) -> list[Image.Image]:
+    def generate(
+        self,
+        batch: list[Any],
+        frames: list[Image.Image] | None,
+        control: Control | None = None,
+        memories: list[StreamMemory | None] | None = None,
+    ) -> list[Image.Image]:
         shared = batch[0]  # a batch shares every parameter but the prompts and the seed
         self.loras.apply(shared)
+        temporal = getattr(shared, "temporal_consistency", 0.0)
+        if memories is not None:  # a stream starts afresh when what it shows is redrawn another way
+            for params, memory in zip(batch, memories):
+                signature = (params.prompt, params.negative_prompt, params.seed, params.width, params.height,
+                             params.steps, getattr(params, "strength", 1.0), temporal)
+                if memory is not None and memory.signature != signature:
+                    memory.reset(signature)
         unet = self.pipe.unet
         output = denoise(
             self.pipe,
@@ -66,5 +90,8 @@ class DiffusersPipeline(BatchPipeline):
             width=shared.width,
             height=shared.height,
             control=control,
+            memories=memories,
+            temporal=temporal,
+            bank=self.bank,
         )
         return tensor_to_images(output)

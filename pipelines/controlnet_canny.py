@@ -24,11 +24,13 @@ from pipelines import (
     size_field,
     steps_field,
     strength_field,
+    temporal_field,
 )
 from pipelines import _tiny as tiny
 from pipelines._denoise import Control
 from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline, load_model
 from pipelines._pipeline import DiffusersPipeline
+from pipelines._temporal import StreamMemory
 
 MODEL_ID = "SimianLuo/LCM_Dreamshaper_v7"
 CONTROLNET_ID = "lllyasviel/control_v11p_sd15_canny"
@@ -57,6 +59,7 @@ class InputParams(ParamsModel):
     steps: int = steps_field(4)
     guidance_scale: float = guidance_field(0.2, LCM_GUIDANCE)
     strength: float = strength_field()
+    temporal_consistency: float = temporal_field()
     controlnet_scale: float = range_field(0.8, 0.0, 2.0, 0.01, "ControlNet scale", description="How strongly the edges hold")
     control_start: float = range_field(0.0, 0.0, 1.0, 0.01, "ControlNet start", hide=True)
     control_end: float = range_field(1.0, 0.0, 1.0, 0.01, "ControlNet end", hide=True)
@@ -110,7 +113,9 @@ class Pipeline(DiffusersPipeline):
         self.setup(config, device, dtype, InputParams, taesd_id=TAESD_ID, tiny_taesd=tiny.tiny_taesd)
 
     @torch.inference_mode()
-    def predict_batch(self, batch: list[InputParams], images: list[Image.Image]) -> list[Image.Image]:
+    def predict_batch(
+        self, batch: list[InputParams], images: list[Image.Image], memories: list[StreamMemory | None] | None = None
+    ) -> list[Image.Image]:
         shared = batch[0]
         frames = self.frames(shared, images)
         edges = [canny(frame, shared.canny_low, shared.canny_high) for frame in frames]
@@ -119,7 +124,7 @@ class Pipeline(DiffusersPipeline):
         control = Control(
             self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
         )
-        outputs = self.generate(batch, frames, control)
+        outputs = self.generate(batch, frames, control, memories)
         if shared.debug_canny:
             outputs = [with_edges_in_corner(output, edge) for output, edge in zip(outputs, edges)]
         return outputs

@@ -17,6 +17,7 @@ from pipelines import (
     size_field,
     steps_field,
     strength_field,
+    temporal_field,
 )
 from pipelines import _tiny as tiny
 from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline
@@ -54,6 +55,7 @@ class InputParams(ParamsModel):
     steps: int = steps_field(4)
     guidance_scale: float = guidance_field(0.2, LCM_GUIDANCE)
     strength: float = strength_field()
+    temporal_consistency: float = temporal_field()
     width: int = size_field(512, "Width")
     height: int = size_field(512, "Height")
 

@@ -16,6 +16,7 @@ from pipelines import (
     size_field,
     steps_field,
     strength_field,
+    temporal_field,
 )
 from pipelines import _tiny as tiny
 from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline
@@ -46,6 +47,7 @@ class InputParams(ParamsModel):
     steps: int = steps_field(1, le=10)
     guidance_scale: float = guidance_field(0.0, "Turbo models are trained without guidance; above 1 costs a second UNet pass")
     strength: float = strength_field()
+    temporal_consistency: float = temporal_field()
     width: int = size_field(512, "Width")
     height: int = size_field(512, "Height")
 

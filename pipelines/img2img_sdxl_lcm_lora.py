@@ -17,6 +17,7 @@ from pipelines import (
     size_field,
     steps_field,
     strength_field,
+    temporal_field,
 )
 from pipelines import _tiny as tiny
 from pipelines._loading import SD_BETAS, build_pipeline, load_model
@@ -52,6 +53,7 @@ class InputParams(ParamsModel):
     steps: int = steps_field(4)
     guidance_scale: float = guidance_field(1.0)
     strength: float = strength_field()
+    temporal_consistency: float = temporal_field()
     width: int = size_field(768, "Width", ge=512)
     height: int = size_field(768, "Height", ge=512)
 
