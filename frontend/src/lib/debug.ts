@@ -4,7 +4,7 @@ export interface DebugHandle {
 	tracks(): { kind: string; label: string; readyState: string }[];
 	/** readyState of the current websocket or null (0 connecting, 1 open, 2 closing, 3 closed). */
 	socketState(): number | null;
-	/** State of the session: idle, connecting, live, stopping. */
+	/** The session's phase: idle, starting, connecting or live. */
 	state(): string;
 	framesShown(): number;
 	/** The user id of the current or last session. */

@@ -88,9 +88,3 @@ export class IdleCursor {
 		clearTimeout(this.#timer);
 	}
 }
-
-/** Fullscreen on `el`, or out of it when something is fullscreen (F or double-click). */
-export function toggleFullscreen(el: HTMLElement | undefined): void {
-	if (document.fullscreenElement) void document.exitFullscreen().catch(() => {});
-	else void el?.requestFullscreen?.().catch(() => {});
-}

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { FrameDisplay, IdleCursor, toggleFullscreen, type ObjectUrls } from './frame-display.svelte';
+import { FrameDisplay, IdleCursor, type ObjectUrls } from './frame-display.svelte';
 
 /** Object URLs `blob:1`, `blob:2`…, remembering the blobs made and the URLs revoked. */
 function fakeUrls() {
@@ -173,39 +173,5 @@ describe('IdleCursor', () => {
 		c.stop();
 		vi.advanceTimersByTime(10_000);
 		expect(c.idle).toBe(false);
-	});
-});
-
-describe('toggleFullscreen', () => {
-	afterEach(() => {
-		vi.unstubAllGlobals();
-	});
-
-	function stubDocument(fullscreenElement: unknown) {
-		const exitFullscreen = vi.fn(() => Promise.resolve());
-		vi.stubGlobal('document', { fullscreenElement, exitFullscreen });
-		return exitFullscreen;
-	}
-
-	it('asks for fullscreen on the element when nothing is fullscreen', () => {
-		const exit = stubDocument(null);
-		const requestFullscreen = vi.fn(() => Promise.reject(new Error('denied'))); // rejection swallowed
-		toggleFullscreen({ requestFullscreen } as unknown as HTMLElement);
-		expect(requestFullscreen).toHaveBeenCalledOnce();
-		expect(exit).not.toHaveBeenCalled();
-	});
-
-	it('leaves fullscreen when something is fullscreen', () => {
-		const exit = stubDocument({});
-		const requestFullscreen = vi.fn(() => Promise.resolve());
-		toggleFullscreen({ requestFullscreen } as unknown as HTMLElement);
-		expect(exit).toHaveBeenCalledOnce();
-		expect(requestFullscreen).not.toHaveBeenCalled();
-	});
-
-	it('does nothing without an element or without the Fullscreen API', () => {
-		stubDocument(null);
-		expect(() => toggleFullscreen(undefined)).not.toThrow();
-		expect(() => toggleFullscreen({} as HTMLElement)).not.toThrow();
 	});
 });

@@ -215,8 +215,10 @@ describe('LiveClient', () => {
 	it('reports a non-fatal server error and keeps going', async () => {
 		t.client.connect();
 		accept(t);
-		t.sock.msg({ status: 'error', message: 'steps: must be at most 8' });
-		expect(t.events.at(-1)).toEqual({ type: 'server-error', message: 'steps: must be at most 8' });
+		// The server's wording for a parameter out of range.
+		const message = "Invalid parameter 'steps': Input should be less than or equal to 15";
+		t.sock.msg({ status: 'error', message });
+		expect(t.events.at(-1)).toEqual({ type: 'server-error', message });
 		expect(t.client.state).toBe('connected');
 		t.sock.msg({ status: 'send_frame' });
 		await flush();
@@ -247,9 +249,10 @@ describe('LiveClient', () => {
 	it('ends with "error" when an error is followed by a close (e.g. duplicate user id)', () => {
 		t.client.connect();
 		t.sock.open();
-		t.sock.msg({ status: 'error', message: 'User id already connected' });
+		const message = 'This user id is already connected; open a new session with a new id'; // the server's words
+		t.sock.msg({ status: 'error', message });
 		t.sock.serverClose(1008);
-		expect(t.ended()).toMatchObject({ reason: 'error', message: 'User id already connected', code: 1008 });
+		expect(t.ended()).toMatchObject({ reason: 'error', message, code: 1008 });
 	});
 
 	it('ends with "unreachable" when the connection is refused', () => {

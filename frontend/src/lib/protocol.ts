@@ -74,8 +74,6 @@ function frameBytes(f: FrameData): number {
 
 export class LiveClient {
 	state: ClientState = 'idle';
-	/** How the session ended, once it has. */
-	endReason: EndReason | null = null;
 	private ws: SocketLike | null = null;
 	private lastWs: SocketLike | null = null;
 	private connectTimer: unknown = null;
@@ -139,11 +137,6 @@ export class LiveClient {
 	/** readyState of the latest socket (kept after the session ended), null before connect(). */
 	get socketReadyState(): number | null {
 		return this.lastWs ? this.lastWs.readyState : null;
-	}
-
-	/** True while the socket is open and the server has accepted the session. */
-	get live(): boolean {
-		return this.state === 'connected';
 	}
 
 	private setState(s: ClientState) {
@@ -275,7 +268,6 @@ export class LiveClient {
 			this.o.clearTimer(this.connectTimer);
 			this.connectTimer = null;
 		}
-		this.endReason = reason;
 		const ws = this.ws;
 		this.ws = null;
 		if (ws) {

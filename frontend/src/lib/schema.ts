@@ -7,6 +7,8 @@ export type FieldKind = 'range' | 'seed' | 'textarea' | 'checkbox' | 'select' | 
 export type ValueType = 'integer' | 'number' | 'string' | 'boolean';
 export type ParamValue = number | string | boolean;
 export type ParamValues = Record<string, ParamValue>;
+/** Image pipelines transform an input picture; text pipelines generate from the parameters alone. */
+export type InputMode = 'image' | 'text';
 
 /** A JSON-schema property as the server sends it (pydantic `json_schema_extra` keys included). */
 export interface SchemaProperty {
@@ -232,7 +234,7 @@ export function randomSeed(w?: Widget, rand: () => number = Math.random): number
 }
 
 /** `info.properties.input_mode.default`, "image" unless the server says "text". */
-export function inputMode(settings: Pick<Settings, 'info'> | null | undefined): 'image' | 'text' {
+export function inputMode(settings: Pick<Settings, 'info'> | null | undefined): InputMode {
 	const d = settings?.info?.properties?.input_mode?.default;
 	return d === 'text' ? 'text' : 'image';
 }

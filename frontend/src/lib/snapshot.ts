@@ -184,6 +184,20 @@ export function embedJpegMetadata(jpeg: Uint8Array, meta: SnapshotMeta): Uint8Ar
 	return out;
 }
 
+/** Downloads the frame with its metadata, named after the pipeline, the seed and the time. */
+export function downloadSnapshot(jpeg: Uint8Array, meta: { pipeline: string; title: string; params: Record<string, unknown> }): void {
+	const date = new Date();
+	const bytes = embedJpegMetadata(jpeg, { pipeline: meta.pipeline, params: meta.params, date, software: `Live Diffusion (${meta.title})` });
+	const url = URL.createObjectURL(new Blob([bytes as BlobPart], { type: 'image/jpeg' }));
+	const a = document.createElement('a');
+	a.href = url;
+	a.download = snapshotFileName(meta.pipeline, meta.params.seed, date);
+	document.body.append(a);
+	a.click();
+	a.remove();
+	setTimeout(() => URL.revokeObjectURL(url), 30_000);
+}
+
 /** Minimal EXIF reader for the tags written above (used by the tests). */
 export function readExif(jpeg: Uint8Array): Record<string, string> {
 	const out: Record<string, string> = {};

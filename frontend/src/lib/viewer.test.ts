@@ -148,6 +148,56 @@ describe('watchViewStream', () => {
 		expect(w.frames).toEqual([1]);
 	});
 
+	it('says "too many viewers" on 429 and keeps asking, slowly, until a place is free', async () => {
+		const s = scripted([
+			json({ detail: 'This session has 8 viewers; the limit is 8' }, 429),
+			...Array.from({ length: 7 }, () => json({ detail: 'This session has 8 viewers; the limit is 8' }, 429)),
+			stream([jpeg1]),
+			notFound()
+		]);
+		const seen: [ViewerState, string | undefined][] = [];
+		const pauses: number[] = [];
+		const frames: number[] = [];
+		const done = watchViewStream({
+			url: '/api/view/tok',
+			fetch: s.fetch,
+			sleep: async (ms) => void pauses.push(ms),
+			maxFailures: 3, // more 429s than this: they are not failures
+			onFrame: (j) => frames.push(j[2]),
+			onState: (st, d) => seen.push([st, d])
+		});
+		expect(await done).toBe('ended');
+		expect(s.calls).toHaveLength(10);
+		expect(frames).toEqual([1]);
+		const states = seen.map(([st]) => st);
+		// No "connecting" between the tries: the page keeps saying why it waits.
+		expect(states).toEqual(['connecting', ...Array(8).fill('full'), 'waiting', 'live', 'connecting', 'ended']);
+		expect(seen[1][1]).toBe('This session has 8 viewers; the limit is 8');
+		expect(pauses.slice(0, 8)).toEqual(Array(8).fill(5000));
+	});
+
+	it('only a 404 means the link is dead, not a 429', async () => {
+		const tooMany = () => json({ detail: 'This session has 2 viewers; the limit is 2' }, 429);
+		const w = watch([tooMany(), tooMany(), notFound()], { maxFailures: 1 });
+		expect(await w.done).toBe('ended');
+		expect(w.states).toEqual(['connecting', 'full', 'full', 'ended']);
+	});
+
+	it('stops quietly when aborted while waiting for a place', async () => {
+		const ac = new AbortController();
+		const s = scripted([json({ detail: 'full' }, 429), json({ detail: 'full' }, 429)]);
+		const done = watchViewStream({
+			url: '/api/view/tok',
+			fetch: s.fetch,
+			sleep: async () => ac.abort(),
+			signal: ac.signal,
+			onFrame: () => {},
+			onState: () => {}
+		});
+		expect(await done).toBeNull();
+		expect(s.calls).toHaveLength(1);
+	});
+
 	it('stops quietly when aborted', async () => {
 		const ac = new AbortController();
 		const s = scripted([stream([jpeg1], { close: false })]);

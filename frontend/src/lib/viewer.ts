@@ -6,9 +6,11 @@
  * stream (`/api/view/…`, for an OBS browser source or an `<img src>`). Both die with the session.
  *
  * The viewer page reads the stream with `watchViewStream`: fetch + the multipart parser, so it knows
- * when the stream ends and can tell "the session ended" (404 from then on) from "the server is gone".
+ * when the stream ends and can tell "the session ended" (404 from then on) from "the server is gone",
+ * and from "too many viewers right now" (429: the server's `--max-viewers` per session).
  */
 import { readMultipart, type StreamEnd } from './mjpeg';
+import { serverDetail } from './notices';
 
 type Loc = Pick<Location, 'origin' | 'pathname'>;
 type Fetch = (input: string, init?: RequestInit) => Promise<Response>;
@@ -81,10 +83,12 @@ export async function fetchViewerLinks(userId: string, loc: Loc, opts: { fetch?:
  * - `connecting`: opening the stream (first time, or again after a hiccup);
  * - `waiting`: the stream is open, no frame yet (the owner's output has not started);
  * - `live`: frames arrive (sent once, at the first frame of each opening);
+ * - `full`: the session has as many viewers as the server allows (429); tried again every few
+ *   seconds, for as long as it takes;
  * - `ended`: the session is over (the token gets 404, or the stream keeps closing): final;
  * - `unreachable`: the server cannot be reached after several tries: final.
  */
-export type ViewerState = 'connecting' | 'waiting' | 'live' | 'ended' | 'unreachable';
+export type ViewerState = 'connecting' | 'waiting' | 'live' | 'full' | 'ended' | 'unreachable';
 
 export interface WatchOptions {
 	/** The stream, e.g. `/api/view/{token}`. */
@@ -96,19 +100,25 @@ export interface WatchOptions {
 	sleep?: (ms: number) => Promise<void>;
 	/** Failed openings in a row (network error, 5xx, a stream closing with no frame) before giving up. */
 	maxFailures?: number;
+	/** Pause before asking again after "too many viewers" (ms). */
+	fullRetryMs?: number;
 }
 
 /**
  * Show a viewer stream until the session ends. A stream that closes is opened again: a 404 then
  * means the session ended (the server forgets the token with it), a new stream means it was a
- * hiccup. Resolves with the final state, or `null` when `signal` aborted.
+ * hiccup. A 429 (too many viewers) is no failure: the session is live, so it is asked again, slowly,
+ * until a place is free. Resolves with the final state, or `null` when `signal` aborted.
  */
 export async function watchViewStream(o: WatchOptions): Promise<ViewerState | null> {
 	const f = o.fetch ?? ((u, i) => fetch(u, i));
 	const sleep = o.sleep ?? ((ms: number) => new Promise<void>((r) => setTimeout(r, ms)));
 	const maxFailures = o.maxFailures ?? 5;
+	const fullRetryMs = o.fullRetryMs ?? 5000;
 	const aborted = () => !!o.signal?.aborted;
 	let failures = 0;
+	/** The last answer was 429: keep saying so while asking again (no "Connecting…" flicker). */
+	let full = false;
 	let lastFailure: 'network' | 'http' | 'empty' = 'network';
 	let lastStatus = 0;
 	for (;;) {
@@ -125,20 +135,30 @@ export async function watchViewStream(o: WatchOptions): Promise<ViewerState | nu
 			await sleep(Math.min(4000, 500 * 2 ** (failures - 1)));
 			if (aborted()) return null;
 		}
-		o.onState('connecting');
+		if (!full) o.onState('connecting');
 		let res: Response;
 		try {
 			res = await f(o.url, { signal: o.signal, cache: 'no-store' });
 		} catch {
 			if (aborted()) return null;
+			full = false;
 			failures++;
 			lastFailure = 'network';
 			continue;
 		}
-		if (res.status === 404 || res.status === 410) {
+		full = res.status === 429;
+		if (res.status === 404) {
 			void res.body?.cancel().catch(() => {});
 			o.onState('ended');
 			return 'ended';
+		}
+		if (res.status === 429) {
+			const detail = serverDetail(await res.json().catch(() => null));
+			if (aborted()) return null;
+			failures = 0; // the server answered, and the session is live
+			o.onState('full', detail || undefined);
+			await sleep(fullRetryMs);
+			continue;
 		}
 		if (!res.ok) {
 			void res.body?.cancel().catch(() => {});

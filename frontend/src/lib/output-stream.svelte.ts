@@ -1,0 +1,150 @@
+// The session's output: `GET /api/stream/{user_id}` read with fetch() and shown frame by frame,
+// with the frame rate and latency measured where the frames are shown. Each frame also goes to the
+// pop-out window, if one is open.
+import { FrameDisplay } from './frame-display.svelte';
+import { readMultipart } from './mjpeg';
+import type { NoticeBoard } from './notice-board.svelte';
+import { streamRefusedNotice } from './notices';
+import { FrameStats } from './stats';
+
+/** Where else the frames go (the pop-out window). */
+export interface FrameMirror {
+	frame(jpeg: Uint8Array): void;
+	/** Nothing to show any more, and why ("Stopped"). */
+	clear(reason: string): void;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export class OutputStream {
+	/** Tagged with the send time of the input each frame answers (latency). */
+	readonly frames = new FrameDisplay<number | null>();
+	/** A frame is on screen. */
+	hasFrame = $state(false);
+	/** The stream ended while the session is still on (the pane offers to show it again). */
+	streamEnded = $state(false);
+	fps = $state(0);
+	latency = $state<number | null>(null);
+	framesShown = $state(0);
+	/** The bytes of the newest frame, as the server sent them (snapshots). */
+	lastJpeg: Uint8Array | null = null;
+	#stats = new FrameStats();
+	#reading: AbortController | null = null;
+	#notices: NoticeBoard;
+	#mirror: FrameMirror;
+	#isLive: (userId: string) => boolean;
+
+	/** `isLive(userId)`: whether that session is still on. */
+	constructor(o: { notices: NoticeBoard; mirror: FrameMirror; isLive: (userId: string) => boolean }) {
+		this.#notices = o.notices;
+		this.#mirror = o.mirror;
+		this.#isLive = o.isLive;
+	}
+
+	/** A new session: nothing measured yet. */
+	reset(): void {
+		this.#stats.reset();
+		this.fps = 0;
+		this.latency = null;
+		this.framesShown = 0;
+	}
+
+	/** An input went out at `at` (performance.now()); the next frame shown answers it. */
+	inputSent(at: number): void {
+		this.#stats.frameSent(at);
+	}
+
+	/** The server reported an error: the inputs in flight get no answer. */
+	inputsLost(): void {
+		this.#stats.dropInFlight();
+	}
+
+	/** Updates fps and latency (twice a second while live). */
+	measure(): void {
+		this.fps = this.#stats.fps(performance.now());
+		this.latency = this.#stats.latency();
+	}
+
+	/** Reads the session's stream until it ends or `close()`; retries a refused or failed opening. */
+	async open(userId: string): Promise<void> {
+		this.close();
+		const ac = new AbortController();
+		this.#reading = ac;
+		for (let attempt = 0; !ac.signal.aborted; attempt++) {
+			let res: Response;
+			try {
+				res = await fetch(`/api/stream/${encodeURIComponent(userId)}`, { signal: ac.signal, cache: 'no-store' });
+			} catch {
+				if (ac.signal.aborted) return;
+				if (attempt >= 3) return;
+				await sleep(500);
+				continue;
+			}
+			if (!res.ok) {
+				// FastAPI says why in {"detail": …}: 404 (the session is gone), 429 (it has its four
+				// streams open already: other tabs, OBS sources).
+				const body: unknown = await res.json().catch(() => null);
+				if (attempt >= 3) {
+					if (!ac.signal.aborted) {
+						this.#notices.show({
+							key: 'stream',
+							level: 'error',
+							...streamRefusedNotice(res.status, body),
+							action: { label: 'Show it here again', run: () => void (this.#isLive(userId) && this.open(userId)) }
+						});
+					}
+					return;
+				}
+				await sleep(300 * (attempt + 1));
+				continue;
+			}
+			this.#notices.dismiss('stream');
+			const end = await readMultipart(res, (jpeg) => this.#arrived(jpeg), ac.signal);
+			if (ac.signal.aborted || end === 'aborted') return;
+			// The stream ended. When the session ended, the websocket says so as well (the session's
+			// end closes this reader and says why): give that a moment. If the session is still on,
+			// the stream broke on its own (a proxy, the network): say so, and offer to open it again.
+			await sleep(1000);
+			if (ac.signal.aborted || !this.#isLive(userId)) return;
+			this.streamEnded = true;
+			return;
+		}
+	}
+
+	/** The <img> loaded (`ok`) or failed to decode the frame it was given. */
+	shown(ok: boolean): void {
+		const now = performance.now();
+		const sentAt = this.frames.loaded();
+		if (ok) {
+			this.#stats.frameShown(now, sentAt ?? null);
+			this.framesShown++;
+			this.hasFrame = true;
+		}
+	}
+
+	/** Stops reading and clears the pane; with a reason, the pop-out window says it. */
+	close(reason?: string): void {
+		this.#reading?.abort();
+		this.#reading = null;
+		this.frames.clear();
+		this.lastJpeg = null;
+		this.hasFrame = false;
+		this.streamEnded = false;
+		this.#notices.dismiss('stream');
+		if (reason !== undefined) this.#mirror.clear(reason);
+	}
+
+	/** The session is over: the pane and the pop-out clear, the figures go blank. */
+	sessionEnded(): void {
+		this.close('Stopped');
+		this.fps = 0;
+		this.latency = null;
+	}
+
+	#arrived(jpeg: Uint8Array): void {
+		this.lastJpeg = jpeg;
+		const sentAt = this.#stats.frameArrived();
+		this.#mirror.frame(jpeg);
+		this.frames.show(jpeg, sentAt);
+	}
+}

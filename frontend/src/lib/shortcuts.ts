@@ -1,0 +1,33 @@
+// The main page's keyboard shortcuts: Space starts or stops, F toggles fullscreen on the output.
+// Neither fires while the user types, nor with a modifier (browser shortcuts such as Ctrl+F).
+
+export type Shortcut = 'start-stop' | 'fullscreen';
+
+type Key = Pick<KeyboardEvent, 'key' | 'code' | 'target' | 'defaultPrevented' | 'ctrlKey' | 'metaKey' | 'altKey' | 'repeat'>;
+
+/** Input types that take no typed text: Space and F mean nothing to them. */
+const NOT_TYPED = ['range', 'checkbox', 'radio', 'button', 'submit', 'reset', 'file', 'color'];
+/** Elements that act on Space themselves. */
+const SPACE_ACTIVATES = ['BUTTON', 'INPUT', 'SUMMARY', 'A'];
+
+/** Whether keys typed on `t` go into text. */
+export function isTypingTarget(t: EventTarget | null): boolean {
+	const el = t as HTMLElement | null;
+	if (!el || !el.tagName) return false;
+	if (el.isContentEditable) return true;
+	if (el.tagName === 'TEXTAREA' || el.tagName === 'SELECT') return true;
+	if (el.tagName === 'INPUT') return !NOT_TYPED.includes((el as HTMLInputElement).type);
+	return false;
+}
+
+/** The shortcut a key press means, or null; the caller then prevents the default. */
+export function shortcutOf(e: Key): Shortcut | null {
+	if (e.defaultPrevented || e.ctrlKey || e.metaKey || e.altKey || e.repeat) return null;
+	const t = e.target as HTMLElement | null;
+	if (e.key === ' ' || e.code === 'Space') {
+		if (isTypingTarget(t) || (t && SPACE_ACTIVATES.includes(t.tagName))) return null;
+		return 'start-stop';
+	}
+	if (e.key === 'f' || e.key === 'F') return isTypingTarget(t) ? null : 'fullscreen';
+	return null;
+}
