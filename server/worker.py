@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -141,6 +141,9 @@ class Worker:
         self.max_batch = max_batch if hasattr(pipeline, "predict_batch") else 1
         self.batch_wait = batch_wait
         self.similarity_filter = similarity_filter
+        # Temporal consistency: each session's memory of its stream, for pipelines that keep one.
+        self.keeps_memory = hasattr(pipeline, "new_memory")
+        self._memories: weakref.WeakKeyDictionary[Session, Any] = weakref.WeakKeyDictionary()
         self.frames_done = 0  # frames the model generated (not counting re-sent ones)
         self.frames_reused = 0
         self.batches = 0  # model calls: frames_done / batches is the mean batch size
@@ -304,7 +307,10 @@ class Worker:
     ) -> list[Result]:
         frames = [frame for _, frame in jobs]
         try:
-            if len(frames) == 1:
+            if self.keeps_memory:
+                memories = [self._memory(source) for source, _ in jobs]
+                outputs = self.pipeline.predict_batch([f.params for f in frames], images, memories)  # type: ignore[attr-defined]
+            elif len(frames) == 1:
                 outputs = [self.pipeline.predict(frames[0].params, images[0])]
             else:
                 outputs = self.pipeline.predict_batch([f.params for f in frames], images)  # type: ignore[attr-defined]
@@ -329,6 +335,15 @@ class Worker:
                 _free_gpu_cache()
             message = describe_model_error(error)
             return [_error(frame, started_at, message, "model") for frame in frames]
+
+    def _memory(self, source: Source) -> Any:
+        """The session's stream memory (made on its first frame, gone with the session); none for a
+        one-shot job, which has no stream."""
+        if not isinstance(source, Session):
+            return None
+        if source not in self._memories:
+            self._memories[source] = self.pipeline.new_memory()  # type: ignore[attr-defined]
+        return self._memories[source]
 
     @staticmethod
     def _checked(frame: Frame, image: object) -> Image.Image:
