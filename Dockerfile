@@ -26,7 +26,7 @@ USER app
 RUN pip install torch --index-url https://download.pytorch.org/whl/cu128
 COPY --chown=app pyproject.toml README.md ./
 RUN mkdir -p server pipelines && touch server/__init__.py pipelines/__init__.py \
- && pip install ".[ndi]" && pip uninstall -y live-diffusion
+ && pip install ".[ndi,scale]" && pip uninstall -y live-diffusion
 COPY --chown=app server/ server/
 COPY --chown=app pipelines/ pipelines/
 COPY --chown=app bench/ bench/

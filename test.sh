@@ -3,7 +3,7 @@
 # NDI on loopback) and the web page's checks, unit tests and end-to-end tests in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")"
-scripts/setup.sh dev,bench
+scripts/setup.sh dev,bench,scale
 
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "test: installing Chromium for the browser tests"

@@ -188,9 +188,18 @@ class BenchClient:
 # --- one configuration -----------------------------------------------------------------------------
 
 
-def cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return times.user + times.system
+def cpu_seconds(process: psutil.Process, tree: bool = False) -> float:
+    """CPU time (user + system) of a process, or of it and all its descendants (a server with
+    --replicas: its Ray processes and replicas are its children)."""
+    processes = [process, *process.children(recursive=True)] if tree else [process]
+    total = 0.0
+    for each in processes:
+        try:
+            times = each.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
 
 
 def output_quality(server_args: str) -> int:
@@ -255,9 +264,9 @@ async def run_configuration(server: Any, delay_ms: float, clients: int, warmup: 
         users = [BenchClient(server, http, params, seed=i, size=size) for i in range(clients)]
         await asyncio.gather(*(user.start() for user in users))
         await asyncio.sleep(warmup)
-        start, server_cpu0, own_cpu0 = time.perf_counter(), cpu_seconds(server_process), cpu_seconds(own_process)
+        start, server_cpu0, own_cpu0 = time.perf_counter(), cpu_seconds(server_process, tree=True), cpu_seconds(own_process)
         await asyncio.sleep(duration)
-        end, server_cpu1, own_cpu1 = time.perf_counter(), cpu_seconds(server_process), cpu_seconds(own_process)
+        end, server_cpu1, own_cpu1 = time.perf_counter(), cpu_seconds(server_process, tree=True), cpu_seconds(own_process)
         await asyncio.gather(*(user.stop(grace=1.0 + 2 * delay_ms / 1000.0) for user in users))
     await wait_for_no_users(server)
 
@@ -459,6 +468,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--trend-window", type=float, default=None,
                         help="seconds compared at the start and the end of the burst run; default 10 (--quick: 1)")
     parser.add_argument("--size", type=int, default=SIZE, help="frame width and height; default 512")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="also run the configurations against a server with --replicas N (Ray Serve) and compare")
     parser.add_argument("--server-args", default="", metavar="ARGS",
                         help="extra server options, one string, e.g. --server-args='--jpeg-quality 70'")
     parser.add_argument("--quick", action="store_true", help="a few seconds in all (CI)")
@@ -520,6 +531,31 @@ async def run_all(args: argparse.Namespace, server: Any) -> tuple[list[dict[str,
     return results, burst
 
 
+def run_replicated(args: argparse.Namespace, server_args: list[str]) -> list[dict[str, Any]]:
+    """The configurations again, against a server with --replicas (no burst run)."""
+    replica_args = [*server_args, "--replicas", str(args.replicas), "--max-users", str(max(8, max(args.clients)))]
+    report.progress(f"serving_path: starting the server: server/main.py {' '.join(replica_args)}")
+    with run_server(*replica_args, startup_timeout=300) as server:
+        burstless = argparse.Namespace(**{**vars(args), "burst_duration": 0})
+        results, _ = asyncio.run(run_all(burstless, server))
+    return results
+
+
+def replicas_table(single: list[dict[str, Any]], replicated: list[dict[str, Any]]) -> str:
+    rows = []
+    for one, many in zip(single, replicated):
+        rows.append([
+            f"{one['delay_ms']:g}", one["clients"],
+            _f(one["latency_ms"]["p50"]), _f(many["latency_ms"]["p50"]),
+            _f(one["latency_ms"]["p95"]), _f(many["latency_ms"]["p95"]),
+            _f(one["server_cpu_ms_per_frame"], 2), _f(many["server_cpu_ms_per_frame"], 2),
+            _f(one["fps_total"]), _f(many["fps_total"]),
+        ])
+    headers = ["model ms", "users", "p50 ms, single", "p50 ms, Ray", "p95 ms, single", "p95 ms, Ray",
+               "CPU ms/frame, single", "CPU ms/frame, Ray", "fps, single", "fps, Ray"]
+    return report.table(headers, rows, "r" * len(headers))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
@@ -548,6 +584,8 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
         }
         results, burst = asyncio.run(run_all(args, server))
+    if args.replicas > 1:
+        replicated = run_replicated(args, server_args)
 
     problems = [e for r in results for e in r["errors"]] + (burst["errors"] if burst else [])
     unreadable = sum(r["unreadable"] for r in results) + (burst["unreadable"] if burst else 0)
@@ -563,6 +601,13 @@ def main(argv: list[str] | None = None) -> int:
         burst_settings = {**settings, "burst fps": args.burst_fps, "burst model ms": f"{args.burst_delay:g}",
                           "burst s": args.burst_duration}
         report.print_figure("Serving path: latency trend, burst client", env, burst_settings, burst_table(burst))
+    if args.replicas > 1:
+        report.print_figure(
+            f"Serving path: the Ray hop, --replicas {args.replicas}", env, settings,
+            replicas_table(results, replicated) + "\n\nthe same configurations against the server started with "
+            f"--replicas {args.replicas} (local Ray, CPU replicas of the echo model); server CPU there is the whole "
+            "process tree: the gateway, Ray's own processes and the replicas",
+        )
     target_text, checks = targets(results, burst, args.quick)
     report.print_figure("Serving path: targets", env, settings, target_text)
     if unreadable:
@@ -575,7 +620,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nserving_path: done in {elapsed:.0f} s")
     if args.json:
         report.write_json(args.json, {"benchmark": "serving_path", "environment": env, "settings": settings,
-                                      "results": results, "burst": burst, "targets": checks, "elapsed_s": elapsed})
+                                      "results": results, "burst": burst, "targets": checks, "elapsed_s": elapsed,
+                                      "replicated": replicated if args.replicas > 1 else None})
     if args.chart:
         draw_chart(args.chart, results, env, settings)
     return 0

@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FRONTEND_BUILD = REPO_ROOT / "frontend" / "build"
 PLACEHOLDER_PAGE = Path(__file__).resolve().parent / "placeholder.html"
 OUTPUTS_CLOSE_S = 2.0  # at shutdown: how long the outputs get to remove their NDI sources, Syphon servers
+SESSION_WAIT_S = 1.0  # a stream or viewer-token request waits this long for its user's websocket to connect
 
 
 class SettingsResponse(BaseModel):
@@ -193,8 +194,8 @@ def create_app(
         OriginGuard, allowed_origins=config.allowed_origins, loopback_only=is_loopback_name(config.host)
     )
 
-    def session_of(user_id: str) -> Session:
-        session = live.sessions.get(user_id)
+    async def session_of(user_id: str) -> Session:
+        session = await live.sessions.wait_for(user_id, SESSION_WAIT_S)
         if session is None:
             raise HTTPException(404, "No session with this id is connected: open the websocket first")
         return session
@@ -217,7 +218,7 @@ def create_app(
     )
     async def stream(user_id: str) -> Response:
         """The session's MJPEG stream. Every open stream of a session gets every frame (a few per session)."""
-        session = session_of(user_id)
+        session = await session_of(user_id)
         try:
             return streaming.session_stream(session, live.sessions)
         except TooManyStreams as error:
@@ -268,7 +269,7 @@ def create_app(
     @app.get("/api/viewer-token/{user_id}", responses={404: {"model": oneshot.ErrorResponse}})
     async def get_viewer_token(user_id: str) -> ViewerTokenResponse:
         """The read-only viewer link of a connected session: GET `view_path` shows its frames."""
-        session = session_of(user_id)
+        session = await session_of(user_id)
         return ViewerTokenResponse(viewer_token=session.viewer_token, view_path=f"/api/view/{session.viewer_token}")
 
     @app.get(

@@ -74,6 +74,12 @@ class Config(BaseSettings):
         60.0, gt=0, description="Seconds a one-shot request may wait for its image once uploaded; then 504"
     )
 
+    # scale-out (docs/scale-out.md)
+    replicas: int = Field(
+        1, ge=1, le=64, description="Engine replicas, each with one GPU (a CPU share without GPUs), behind Ray Serve; 1: no Ray"
+    )
+    ray_address: str = Field("", description="Join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
+
     # who may connect
     allowed_origins: list[str] = Field(
         [],

@@ -146,6 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except outputs.OutputUnavailable as error:
         log.error("%s", error)
         return 2
+    if config.replicas > 1 or config.ray_address:
+        from server import scale_out
+
+        return scale_out.main(config)
     try:
         module, pipeline, safety_checker, device, dtype = load_pipeline(config)
     except pipelines.UnknownPipeline as error:
@@ -155,11 +159,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", error)
         return 1
 
-    from server.app import FRONTEND_BUILD, create_app
+    from server.app import create_app
+
+    app = create_app(config, module, pipeline, device, dtype, safety_checker)
+    return serve(app, app.state.live, config)
+
+
+def serve(app: Any, live: Any, config: Config) -> int:
+    """Run uvicorn with `app` until Ctrl-C; `live` ends the sessions when asked (`begin_shutdown`) and
+    says when their last messages are out (`conversations_ended`)."""
+    from server.app import FRONTEND_BUILD
     from server.origins import is_loopback_name
     from server.websocket_transport import protocol_class
 
-    app = create_app(config, module, pipeline, device, dtype, safety_checker)
     if not (FRONTEND_BUILD / "index.html").is_file():
         log.warning("The web page is not built (%s missing): run ./build-run.sh, or "
                     "npm --prefix frontend ci && npm --prefix frontend run build", FRONTEND_BUILD / "index.html")
@@ -185,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_config=None,
             log_level=config.log_level,
         ),
-        app.state.live,
+        live,
         "https" if tls else "http",
     )
     try:

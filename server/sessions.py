@@ -200,6 +200,7 @@ class SessionManager:
         self._viewers: dict[str, Session] = {}  # viewer token -> session
         self._turns: list[Source] = []  # the order the worker serves sessions and jobs in
         self._cond = threading.Condition()
+        self._opened = asyncio.Event()  # set (and replaced) whenever a session opens: event loop only
 
     # --- event loop side ---
 
@@ -226,6 +227,22 @@ class SessionManager:
             self._sessions[session_id] = session
             self._viewers[session.viewer_token] = session
             self._turns.append(session)
+        self._opened.set()
+        self._opened = asyncio.Event()
+        return session
+
+    async def wait_for(self, session_id: str, timeout: float) -> Session | None:
+        """The session of a user id, waiting up to `timeout` seconds for its websocket to connect: a
+        page may open its stream and its websocket at once, in either order."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (session := self.get(session_id)) is None and canonical_user_id(session_id) is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._opened.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
         return session
 
     def close(self, session: Session) -> None:
