@@ -73,7 +73,7 @@ class RunningServer:
         raise AssertionError(f"{text!r} not in the server log:\n{self.log[-4000:]}")
 
     def health(self) -> dict[str, Any]:
-        return httpx.get(f"{self.http}/api/health", timeout=5).json()
+        return httpx.get(f"{self.http}/api/health", timeout=30).json()
 
     def wait_for(self, condition: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> dict[str, Any]:
         """Poll /api/health until `condition(health)` holds; the health that satisfied it."""

@@ -11,12 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from pipelines._base import (
-    ModelLoadError,
-    ModelMismatch,
-    ModelOptions,
-    ModelUnavailable,
-)
+from pipelines._base import ModelLoadError, ModelMismatch, ModelOptions, ModelUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,7 @@ class SafetyChecker:
     """Stable Diffusion's safety checker: a frame it flags comes out black."""
 
     def __init__(self, options: ModelOptions, device: torch.device, dtype: torch.dtype) -> None:
-        from diffusers.pipelines.stable_diffusion.safety_checker import (
-            StableDiffusionSafetyChecker,
-        )
+        from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
         from transformers import CLIPImageProcessor
 
         from pipelines import _tiny as tiny

@@ -12,18 +12,8 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderTiny,
-    ControlNetModel,
-    UNet2DConditionModel,
-)
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTextModelWithProjection,
-    CLIPTokenizer,
-)
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
 @contextlib.contextmanager
@@ -220,9 +210,7 @@ def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetMode
 def tiny_safety_checker(seed: int = 0):
     """(StableDiffusionSafetyChecker, CLIPImageProcessor) on 32x32 crops, standing in for
     CompVis/stable-diffusion-safety-checker. Its concept thresholds are the real class's defaults."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import (
-        StableDiffusionSafetyChecker,
-    )
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
     from transformers import CLIPConfig, CLIPImageProcessor
 
     clip = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}

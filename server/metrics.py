@@ -18,14 +18,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Callable
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 PREFIX = "live_diffusion"
 # From a GPU frame (tens of ms) to a full-size model on a CPU (several seconds).

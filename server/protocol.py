@@ -27,14 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from pipelines import ParamsModel
 from server.config import Config
 from server.imaging import FrameError, check_jpeg
-from server.sessions import (
-    AlreadyConnected,
-    Frame,
-    ServerFull,
-    Session,
-    SessionManager,
-    canonical_user_id,
-)
+from server.sessions import AlreadyConnected, Frame, ServerFull, Session, SessionManager, canonical_user_id
 
 log = logging.getLogger(__name__)
 

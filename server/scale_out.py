@@ -55,7 +55,7 @@ INBOX_SIZE = 8  # client events a replica holds for its app before the gateway w
 WINDOW = 32  # events a replica sends ahead of what the gateway has passed on
 ACK_EVERY = 16  # the gateway tells the replica what it has passed on, every so many events
 POLL_S = 1.0  # how often the gateway asks each replica how it is
-POLL_TIMEOUT_S = 5.0
+POLL_TIMEOUT_S = 2.0  # a replica that takes longer to answer counts as not alive (yet)
 REPLICA_GONE = "The engine serving this session stopped (it is being restarted): reconnect to go on"
 # Each open websocket, stream and viewer holds one request of its replica for its whole life: far more
 # than Serve's default of 5, so that the app's own limits (--max-users, streams, viewers) decide.

@@ -22,15 +22,7 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipelines._tiny import (
-    tiny_controlnet,
-    tiny_sd15,
-    tiny_sd21,
-    tiny_sdxl,
-    tiny_taesd,
-    tiny_taesdxl,
-    tiny_tokenizer,
-)
+from pipelines._tiny import tiny_controlnet, tiny_sd15, tiny_sd21, tiny_sdxl, tiny_taesd, tiny_taesdxl, tiny_tokenizer
 from tests.single_file import save_single_file
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
