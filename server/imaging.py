@@ -117,11 +117,12 @@ def rgb_pixels(image: Image.Image) -> np.ndarray:
 
 
 def encode_jpeg(image: Image.Image | np.ndarray, quality: int) -> bytes:
-    """JPEG bytes (4:2:0) of an image or of RGB pixels. An RGB image is encoded from its own buffer,
-    which PIL keeps as 4 bytes a pixel: one straight copy, no repacking to 3 bytes."""
+    """JPEG bytes (4:2:0) of an image or of RGB pixels. An image is encoded by Pillow's libjpeg-turbo
+    straight from its own buffer: no copy of the pixels into a numpy array first."""
     if isinstance(image, np.ndarray):
         return simplejpeg.encode_jpeg(image, quality=quality, colorspace="RGB", colorsubsampling="420")
     if image.mode != "RGB":
         image = image.convert("RGB")
-    pixels = np.frombuffer(image.tobytes("raw", "RGBX"), np.uint8).reshape(image.height, image.width, 4)
-    return simplejpeg.encode_jpeg(pixels, quality=quality, colorspace="RGBX", colorsubsampling="420")
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality, subsampling="4:2:0")
+    return buffer.getvalue()
