@@ -197,6 +197,8 @@ class Client:
         Python 3.12 it can swallow a cancellation that comes as the message arrives, and a cancelled
         pump would then go on answering frames beside its successor."""
         receiving = asyncio.ensure_future(self.ws.recv())
+        # Mark its outcome seen: a recv() that fails as this one is cancelled is not "never retrieved".
+        receiving.add_done_callback(lambda task: task.cancelled() or task.exception())
         try:
             done, _ = await asyncio.wait({receiving}, timeout=timeout)
         finally:

@@ -2,7 +2,7 @@
 costs, at `temporal_consistency` 0, 0.5 and 1 (pipelines/_temporal.py: feature bank, latent feedback,
 fixed noise), on short clips made in code and on any video files given.
 
-    .venv/bin/python bench/temporal.py                         # img2img, full-size random models, 512x512: about 9 min on 2 CPU cores
+    .venv/bin/python bench/temporal.py                         # img2img, full-size random models, 512x512: 7 to 13 min on 2 CPU cores
     .venv/bin/python bench/temporal.py --frames 8              # the same, shorter: about 5 min
     .venv/bin/python bench/temporal.py --quick                 # miniature models, 256x256, 6 frames: seconds (CI)
     .venv/bin/python bench/temporal.py --real clip.mp4         # the real hub models (a GPU host): the quality
@@ -55,8 +55,9 @@ cost per frame at 1 at most 1.15 of that at 0.
 
 Run time on the project's 2-core CPU (bfloat16, `--dtype auto`): img2img at 512x512 costs about
 2.2 s a frame, so 16 frames x 3 settings x 3 clips is about 144 frames, 5.5 min, plus about a minute
-to build the models and a few seconds of optical flow; the script prints its estimate at the start
-and a refined one after the first frames. float32 is about 3.7 times slower.
+to build the models and a few seconds of optical flow (on 2026-12-01, a slower day for that machine,
+4.7 to 5.1 s a frame and 12.6 min in all); the script prints its estimate at the start and a refined
+one after the first frames. float32 is about 3.7 times slower.
 """
 
 from __future__ import annotations

@@ -56,6 +56,9 @@ WINDOW = 32  # events a replica sends ahead of what the gateway has passed on
 ACK_EVERY = 16  # the gateway tells the replica what it has passed on, every so many events
 POLL_S = 1.0  # how often the gateway asks each replica how it is
 POLL_TIMEOUT_S = 2.0  # a replica that takes longer to answer counts as not alive (yet)
+# Ray does not keep a streaming call and the calls after it in order: a connection's first `push` may
+# reach the replica before its `connect` has started. It waits this long for the connection to appear.
+ARRIVAL_WAIT_S = 10.0
 REPLICA_GONE = "The engine serving this session stopped (it is being restarted): reconnect to go on"
 # Each open websocket, stream and viewer holds one request of its replica for its whole life: far more
 # than Serve's default of 5, so that the app's own limits (--max-users, streams, viewers) decide.
@@ -85,6 +88,7 @@ class EngineReplica:
         self.live = self.app.state.live
         self._started: asyncio.Future[None] | None = None
         self._connections: dict[str, _Connection] = {}
+        self._arrivals: dict[str, asyncio.Future[_Connection]] = {}  # pushed to before connect started
 
     async def _start(self) -> None:
         """Run the app's start-up (its worker thread) once, on this replica's event loop."""
@@ -102,6 +106,9 @@ class EngineReplica:
         await self._start()
         state = _Connection()
         self._connections[connection] = state
+        arrival = self._arrivals.pop(connection, None)
+        if arrival is not None and not arrival.done():
+            arrival.set_result(state)
 
         async def send(event: dict[str, Any]) -> None:
             await state.outbox.put(event)
@@ -127,10 +134,18 @@ class EngineReplica:
             self._connections.pop(connection, None)
 
     async def push(self, connection: str, events: list[dict[str, Any]]) -> bool:
-        """A connection's receive events, in order; False once the connection is gone."""
+        """A connection's receive events, in order; False once the connection is gone (or when it
+        has not started within ARRIVAL_WAIT_S)."""
         state = self._connections.get(connection)
         if state is None:
-            return False
+            arrival = self._arrivals.setdefault(connection, asyncio.get_running_loop().create_future())
+            try:
+                state = await asyncio.wait_for(asyncio.shield(arrival), ARRIVAL_WAIT_S)
+            except asyncio.TimeoutError:  # not yet the built-in TimeoutError on Python 3.10
+                return False
+            finally:
+                if self._arrivals.get(connection) is arrival and not arrival.done():
+                    del self._arrivals[connection]
         for event in events:
             await state.inbox.put(event)
         return True
