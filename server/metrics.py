@@ -74,11 +74,11 @@ class Metrics:
         self.errors = Counter(
             f"{PREFIX}_errors", "Errors by kind: input, model, deadline, output, busy", ["kind"], registry=r
         )
-        # Every labelled series exists from the start (at 0), so rates work before the first event.
-        for source in SOURCES:
-            self.frames_in.labels(source)
-            self.frames_out.labels(source)
-        self.frames_dropped.labels("input")
+        # Every labelled series exists from the start (at 0), so rates work before the first event;
+        # the ones counted every frame are looked up once here.
+        self.frames_in_by_source = {source: self.frames_in.labels(source) for source in SOURCES}
+        self.frames_out_by_source = {source: self.frames_out.labels(source) for source in SOURCES}
+        self.input_frames_dropped = self.frames_dropped.labels("input")
         for kind in ERROR_KINDS:
             self.errors.labels(kind)
 
@@ -92,7 +92,7 @@ class Metrics:
         self.queue_wait_seconds.observe(max(0.0, result.started_at - received_at))
         self.inference_seconds.observe(max(0.0, result.finished_at - result.started_at))
         if result.jpeg is not None:
-            self.frames_out.labels(source).inc()
+            self.frames_out_by_source[source].inc()
             self.latency_seconds.observe(max(0.0, time.monotonic() - received_at))
         else:
             self.errors.labels(result.error_kind).inc()

@@ -265,7 +265,7 @@ class SessionManager:
         with self._cond:
             self._turns.append(job)
             self._cond.notify_all()
-        self.metrics.frames_in.labels("process").inc()
+        self.metrics.frames_in_by_source["process"].inc()
 
     def cancel(self, job: Job) -> None:
         """A job whose request gave up: never taken if still waiting."""
@@ -282,10 +282,10 @@ class SessionManager:
             if session.closed:
                 return
             session.stats.frames_in += 1
-            self.metrics.frames_in.labels("live").inc()
+            self.metrics.frames_in_by_source["live"].inc()
             if session.pending is not None or not session.streaming:
                 session.stats.frames_dropped += 1
-                self.metrics.frames_dropped.labels("input").inc()
+                self.metrics.input_frames_dropped.inc()
             session.pending = frame if session.streaming else None
             self._cond.notify_all()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import time
 
@@ -33,6 +34,19 @@ def test_decodes_to_rgb_of_the_right_size():
     # The right pixels, not just the right shape: the same as another decoder gives.
     reference = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
     assert np.abs(np.asarray(image).astype(int) - reference).mean() < 2
+
+
+def test_decoded_image_is_the_decoders_pixels_and_behaves_like_any_rgb_image():
+    jpeg = camera_jpeg(3, width=320, height=240)
+    image = decode_jpeg(jpeg, **BIG)
+    gc.collect()  # the image keeps the decoder's array alive
+    assert np.array_equal(np.asarray(image), simplejpeg.decode_jpeg(jpeg, colorspace="RGB"))
+    assert image.readonly  # the decoder's buffer, not a copy (Pillow's internal mapping still works)
+    assert image.resize((64, 48)).size == (64, 48) and image.crop((0, 0, 10, 10)).getpixel((0, 0)) == image.getpixel((0, 0))
+    assert np.array_equal(np.asarray(image.convert("L")), np.asarray(Image.fromarray(np.asarray(image)).convert("L")))
+    image.paste((1, 2, 3), (0, 0, 8, 8))  # changing it in place works on its own copy
+    assert image.getpixel((0, 0)) == (1, 2, 3) and image.getpixel((9, 9)) != (1, 2, 3)
+    assert decode_jpeg(encode_jpeg(image, 90), **BIG).size == (320, 240)
 
 
 def test_portrait_frame_keeps_its_orientation():
@@ -174,3 +188,10 @@ def test_a_large_frame_is_decoded_no_larger_than_the_model_needs():
     assert decode_jpeg(full_hd, **limits).size == (1920, 1080)
     assert decode_jpeg(full_hd, **limits, min_size=(512, 512)).size == (960, 540)  # still covers 512x512
     assert decode_jpeg(full_hd, **limits, min_size=(200, 100)).size == (240, 135)
+
+
+def test_decoding_still_works_should_pillow_drop_its_buffer_mapping(monkeypatch):
+    jpeg = camera_jpeg(4, width=320, height=240)
+    monkeypatch.delattr(Image.core, "map_buffer")
+    image = decode_jpeg(jpeg, **BIG)
+    assert image.mode == "RGB" and np.array_equal(np.asarray(image), simplejpeg.decode_jpeg(jpeg, colorspace="RGB"))
