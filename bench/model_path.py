@@ -208,6 +208,25 @@ def camera_frame(seed: int, size: int) -> Any:
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 
+def torch_setup(args: argparse.Namespace) -> tuple[Any, Any, Clock, dict[str, Any]]:
+    """What a model benchmark runs on, from its --threads, --device and --dtype: the torch device and
+    dtype, its `Clock`, and the environment record printed with every table."""
+    import torch
+
+    from pipelines._device import cpu_supports_bfloat16, resolve_device, resolve_dtype
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    env = report.environment(
+        torch_threads=torch.get_num_threads(),
+        cpu_bf16=cpu_supports_bfloat16(),
+        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+    )
+    return device, dtype, Clock(device), env
+
+
 class Clock:
     """Seconds taken by fn(): perf_counter on CPU; CUDA events and synchronisation on CUDA; perf_counter
     between two synchronisations on other accelerators (mps, xpu)."""
@@ -499,19 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from pipelines._device import cpu_supports_bfloat16, resolve_device, resolve_dtype
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    device, dtype, clock, env = torch_setup(args)
     full = not args.quick
-    clock = Clock(device)
-    env = report.environment(
-        torch_threads=torch.get_num_threads(),
-        cpu_bf16=cpu_supports_bfloat16(),
-        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    )
     settings = {
         "models": "full-size, random weights" if full else "miniature (--quick)",
         "device": device.type if device.index is None else str(device),
@@ -547,13 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     report.print_figure("Model path: where the floor goes", env, settings, parts_table(results))
     target_text, checks = targets(results, settings, args.quick)
     report.print_figure("Model path: targets", env, settings, target_text)
-    if warning := report.busy_warning(env):
-        print(f"\n{warning}")
-    elapsed = time.perf_counter() - started
-    print(f"\nmodel_path: done in {elapsed:.0f} s")
-    if args.json:
-        report.write_json(args.json, {"benchmark": "model_path", "environment": env, "settings": settings,
-                                      "prompt": PROMPT, "results": results, "targets": checks, "elapsed_s": elapsed})
+    report.finish("model_path", started, env, args.json, settings=settings, prompt=PROMPT, results=results,
+                  targets=checks)
     return 0
 
 

@@ -164,6 +164,17 @@ def busy_warning(env: dict[str, Any]) -> str | None:
     return None
 
 
+def finish(benchmark: str, started: float, env: dict[str, Any], json_path: str | None, **record: Any) -> None:
+    """A benchmark's ending: a warning if the machine was busy, the run time, and, with `json_path`, the
+    JSON record: `record` with the benchmark's name, the environment and the run time."""
+    if warning := busy_warning(env):
+        print(f"\n{warning}")
+    elapsed = time.perf_counter() - started
+    print(f"\n{benchmark}: done in {elapsed:.0f} s")
+    if json_path:
+        write_json(json_path, {"benchmark": benchmark, "environment": env, **record, "elapsed_s": elapsed})
+
+
 def progress(message: str) -> None:
     """Progress on stderr, so stdout holds only the report."""
     print(message, file=sys.stderr, flush=True)

@@ -78,7 +78,7 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/temporal.py` from anywhere
 import numpy as np  # noqa: E402
 
 from bench import report  # noqa: E402
-from bench.model_path import CASES, PROMPT, Clock, build_components, build_ours  # noqa: E402
+from bench.model_path import CASES, PROMPT, Clock, build_components, build_ours, torch_setup  # noqa: E402
 
 SETTINGS = (0.0, 0.5, 1.0)
 DEFAULT_FRAMES = 16
@@ -543,20 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from pipelines._device import cpu_supports_bfloat16, resolve_device, resolve_dtype
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    device, dtype, clock, env = torch_setup(args)
     dtype_name = str(dtype).removeprefix("torch.")
-    clock = Clock(device)
     models = ("miniature (--quick)" if args.quick else "real (--real)" if args.real else "full-size, random weights")
-    env = report.environment(
-        torch_threads=torch.get_num_threads(),
-        cpu_bf16=cpu_supports_bfloat16(),
-        gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-    )
     clips = make_clips(args)
     settings = {
         "models": models,
@@ -612,17 +601,12 @@ def main(argv: list[str] | None = None) -> int:
     report.print_figure("Temporal consistency: targets", env, settings, target_text)
     if any(not check.get("follows_input", True) for check in checks):
         print(f"\n{DEGENERATE_NOTE}")
-    if warning := report.busy_warning(env):
-        print(f"\n{warning}")
-    elapsed = time.perf_counter() - started
-    print(f"\ntemporal: done in {elapsed:.0f} s")
-    if args.json:
-        report.write_json(args.json, {
-            "benchmark": "temporal", "environment": env, "settings": settings, "prompt": PROMPT, "note": MECHANISM_NOTE
-            if not args.real else "real models", "clips": [{"name": c.name, "description": c.description,
-                                                            "frames": len(c.frames)} for c in clips],
-            "results": results, "targets": checks, "elapsed_s": elapsed,
-        })
+    report.finish(
+        "temporal", started, env, args.json, settings=settings, prompt=PROMPT,
+        note="real models" if args.real else MECHANISM_NOTE,
+        clips=[{"name": c.name, "description": c.description, "frames": len(c.frames)} for c in clips],
+        results=results, targets=checks,
+    )
     return 0
 
 

@@ -25,10 +25,12 @@ def images_to_tensor(images: Sequence[Image.Image], device: torch.device, dtype:
     tensor = tensor.to(dtype=dtype).div_(127.5).sub_(1.0)
     return tensor.contiguous(memory_format=torch.channels_last)
 
+
 def tensor_to_images(tensor: torch.Tensor) -> list[Image.Image]:
     """Nx3xHxW in [-1, 1] -> PIL RGB images."""
     array = tensor.float().add(1.0).mul(127.5).clamp(0, 255).round().to(torch.uint8)
     return [Image.fromarray(frame) for frame in array.permute(0, 2, 3, 1).cpu().numpy()]
+
 
 def encode_latents(vae: Any, image: torch.Tensor) -> torch.Tensor:
     encoded = vae.encode(image)
@@ -38,8 +40,10 @@ def encode_latents(vae: Any, image: torch.Tensor) -> torch.Tensor:
         latents = encoded.latent_dist.mode()
     return latents * vae.config.scaling_factor
 
+
 def decode_latents(vae: Any, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
 
 def img2img_steps(steps: int, strength: float) -> int:
     """Schedule length so that int(n * strength) >= 1: at least one denoising step always runs."""
@@ -48,15 +52,18 @@ def img2img_steps(steps: int, strength: float) -> int:
         n += 1
     return n
 
+
 @contextmanager
-def _quiet(scheduler: Any) -> Iterator[None]:
-    scheduler_log = logging.getLogger(type(scheduler).__module__)
-    level = scheduler_log.level
-    scheduler_log.setLevel(logging.ERROR)
+def quiet_logger(name: str) -> Iterator[None]:
+    """Mute a logger's warnings for the block."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        scheduler_log.setLevel(level)
+        log.setLevel(level)
+
 
 def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
     """The timesteps an image-to-image frame runs: int(n * strength) steps (at least one) of the
@@ -72,6 +79,7 @@ def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
         stride = train_steps // original_steps
         first = max(1, round((first + 1) / stride)) * stride - 1
     return [max(first, tail[0]), *tail[1:]]
+
 
 def guidance_embedding(unet: Any, guidance_scale: float, batch: int) -> torch.Tensor | None:
     """LCM-distilled UNets take the guidance scale as an embedding (w - 1, as diffusers' LCM pipelines)."""
@@ -96,6 +104,7 @@ class Control:
     scale: float
     start: float = 0.0  # fraction of the denoising steps where the control starts to apply
     end: float = 1.0  # ... and where it stops
+
 
 def denoise(
     pipe: Any,
@@ -145,7 +154,7 @@ def denoise(
     if images is None:
         scheduler.set_timesteps(steps, device=device)
     else:
-        with _quiet(scheduler):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
+        with quiet_logger(type(scheduler).__module__):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
             scheduler.set_timesteps(timesteps=img2img_timesteps(scheduler, steps, strength), device=device)
     timesteps = scheduler.timesteps
 

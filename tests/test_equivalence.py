@@ -46,7 +46,6 @@ Where the two differ by design, and so are not compared here:
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -67,6 +66,7 @@ from diffusers import (
 from PIL import Image
 
 import pipelines
+from pipelines._denoise import quiet_logger
 
 TOLERANCE = 1  # on 0-255: the two pipelines round to uint8 with different float expressions
 SIZE = {"width": 256, "height": 256}
@@ -226,20 +226,9 @@ def generators(batch: list[Any]) -> torch.Generator | list[torch.Generator]:
     return made[0] if len(made) == 1 else made
 
 
-@contextmanager
-def quiet(logger_name: str) -> Iterator[None]:
-    """Mute a logger's warnings for the block (LCM's about custom timesteps, which are the point here)."""
-    log = logging.getLogger(logger_name)
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 def run_stock(stock: Any, **kwargs: Any) -> tuple[list[np.ndarray], list[dict]]:
-    with unet_calls(stock.unet) as calls, quiet("diffusers.schedulers.scheduling_lcm"):
+    # LCM warns about custom timesteps, which are the point here.
+    with unet_calls(stock.unet) as calls, quiet_logger("diffusers.schedulers.scheduling_lcm"):
         images = stock(output_type="pil", **kwargs).images
     return [as_array(image) for image in images], calls
 
