@@ -299,10 +299,12 @@ async def run_configuration(server: Any, delay_ms: float, clients: int, warmup: 
         await asyncio.gather(*(user.start() for user in users))
         await asyncio.sleep(warmup)
         with CodecFloor([jpeg for user in users for jpeg in user.recent], output_quality) as codec:
-            start, server_cpu0, own_cpu0 = time.perf_counter(), cpu_seconds(server_process, tree=True), cpu_seconds(own_process)
+            # This process's CPU less the floor's: the clients' own.
+            start, server_cpu0 = time.perf_counter(), cpu_seconds(server_process, tree=True)
+            own_cpu0 = cpu_seconds(own_process) - codec.seconds
             await asyncio.sleep(duration)
             end, server_cpu1 = time.perf_counter(), cpu_seconds(server_process, tree=True)
-            own_cpu1 = cpu_seconds(own_process) - codec.seconds  # the clients' CPU, not the floor's
+            own_cpu1 = cpu_seconds(own_process) - codec.seconds
         await asyncio.gather(*(user.stop(grace=1.0 + 2 * delay_ms / 1000.0) for user in users))
     await wait_for_no_users(server)
 
