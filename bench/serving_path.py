@@ -225,7 +225,8 @@ class CodecFloor:
     over the clients' own frames, and averaged as the server's figure is: on a virtual machine the same
     work costs up to 40 % more on one virtual core than on the other, or at one moment than the next,
     so a floor taken at another time (or the best of a few passes) is not the same machine as the
-    server's. The thread works one pass in `1 / DUTY` of the time, so it takes little from the run."""
+    server's. After each pass over the frames the thread waits four times as long (it works a fifth of
+the time, `DUTY`), so it takes little from the run."""
 
     DUTY = 0.2
 
