@@ -7,7 +7,8 @@ object, then (image pipelines) one binary JPEG; an empty binary message means "n
 Every bad message gets {"status": "error", "message": ...} naming the problem, and the conversation
 goes on: the client is asked for a new frame. Only this client is affected. Only valid activity (a
 valid parameter message, a frame) keeps the session from its idle timeout, and a client that sends
-nothing but bad messages is disconnected after `MAX_ERRORS_IN_A_ROW` of them.
+nothing but bad messages is disconnected after `MAX_ERRORS_IN_A_ROW` of them (nothing but frames
+the worker cannot decode: `sessions.MAX_DAMAGED_FRAMES_IN_A_ROW`).
 
 A frame's header is checked here (size caps, JPEG); its pixels are decoded by the worker, and only
 if the frame is still the latest when the worker takes it.

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 32  # control messages waiting for a slow client; past this the client is dropped
 MAX_STREAMS_PER_SESSION = 4  # the page, a pop-out, a reload overlapping the old page, one more
+# Frames whose header was fine but whose data the worker could not decode, with no good frame between
+# them: the client is broken or hostile (each costs a round trip of messages, and no model time).
+MAX_DAMAGED_FRAMES_IN_A_ROW = 100
 
 ErrorKind = Literal["input", "model", "deadline"]
 
@@ -109,6 +112,7 @@ class Session:
         self.ended = asyncio.Event()  # set when the session ends, whoever ends it
         self.output = OutputSlot()
         self.frame_requested = False
+        self.damaged_frames_in_a_row = 0
         self.outputs: list[Output] = []  # NDI, Syphon: started with the first stream, stopped on close
         self.outputs_started = False
 
@@ -152,11 +156,19 @@ class Session:
         self._manager.metrics.frame_done("live", result)
         if result.jpeg is not None:
             self.stats.frames_out += 1
+            self.damaged_frames_in_a_row = 0
             self.output.publish(result.jpeg)  # the MJPEG streams and viewers
             for output in self.outputs:  # NDI, Syphon: each takes the pixels on its own thread
                 output.send(result.pixels)
         else:
             self.send_error(result.error or "Model error")
+            if result.error_kind == "input":
+                self.damaged_frames_in_a_row += 1
+                if self.damaged_frames_in_a_row >= MAX_DAMAGED_FRAMES_IN_A_ROW:
+                    log.info("session %s: %d damaged frames in a row; closing", self.short_id, self.damaged_frames_in_a_row)
+                    self.send({"status": "error", "message": f"{MAX_DAMAGED_FRAMES_IN_A_ROW} damaged frames in a row: closing"})
+                    self.ended.set()  # the conversation sends what is queued, then closes
+                    return
         self.request_frame_if_idle()
 
 

@@ -148,6 +148,44 @@ def test_a_client_that_sends_only_bad_messages_is_disconnected(server):
     run(scenario())
 
 
+def test_a_client_that_sends_only_damaged_frames_is_disconnected(server):
+    """Frames whose header is whole but whose data is cut pass the event loop's check; each fails in the
+    worker with its own error. 99 of them, a good frame, then 100: the good one starts the count again,
+    and the hundredth in a row ends the session."""
+    whole = camera_jpeg(7)
+    damaged = whole[: len(whole) // 2]
+
+    async def scenario():
+        client = Client(server)
+        await client.connect()
+        outputs: list[bytes] = []
+
+        async def watch(http: httpx.AsyncClient) -> None:  # the stream stays open: frames are asked for
+            async for frame in mjpeg_frames(server, client.user_id, http):
+                outputs.append(frame)
+
+        async with httpx.AsyncClient(timeout=30) as http:
+            stream = asyncio.create_task(watch(http))
+            try:
+                for jpeg in [damaged] * 99 + [camera_jpeg(8)] + [damaged] * 100:
+                    await client.recv_until("send_frame")
+                    await client.send_frame(SMALL, jpeg)
+                closing = await client.recv_until("error")
+                while closing["message"].startswith("Frame is a damaged JPEG"):  # the last frame's own error
+                    closing = await client.recv_until("error")
+                assert closing == {"status": "error", "message": "100 damaged frames in a row: closing"}
+                with pytest.raises(websockets.ConnectionClosed):
+                    await client.recv(30)
+            finally:
+                stream.cancel()
+        errors = [m["message"] for m in client.messages if m["status"] == "error"]
+        assert sum(e.startswith("Frame is a damaged JPEG image") for e in errors) == 199
+        assert [jpeg_size(frame) for frame in outputs] == [(256, 256)]  # the good frame's output
+        server.wait_for_users(0)
+
+    run(scenario())
+
+
 def big_camera_jpeg(seed: int) -> bytes:
     """A 4096x1024 camera-like frame (the pixel cap), about half a megabyte."""
     rng = np.random.default_rng(seed)
