@@ -218,6 +218,18 @@ function outputHash(page, selector = '[data-testid=output-image]') {
 }
 
 /** Waits until the output showed `n` different pictures. */
+/** The natural size of the picture at `selector`, read in the moment it is shown: a stream replaces
+ * the picture several times a second, and one being replaced may have no size yet. */
+function shownSize(page, selector = '[data-testid=output-image]', what = 'a frame shown') {
+	return waitFor(
+		() => page.evaluate((selector) => {
+			const img = document.querySelector(selector);
+			return img && img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null;
+		}, selector),
+		{ timeout: FRAME_TIMEOUT, what }
+	);
+}
+
 async function waitForDifferentOutputs(page, n, selector) {
 	const seen = new Set();
 	await waitFor(
@@ -319,11 +331,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await startSession(page, 3);
 		const width = props.width.default;
 		const height = props.height.default;
-		const size = await page.evaluate(() => {
-			const img = document.querySelector('[data-testid=output-image]');
-			return [img.naturalWidth, img.naturalHeight];
-		});
-		assert.deepEqual(size, [width, height]);
+		assert.deepEqual(await shownSize(page), [width, height]);
 		// Different pictures keep coming (the fake camera shows a moving square).
 		await waitForDifferentOutputs(page, 3);
 		// The page captured frames at the pipeline size, only when asked.
@@ -579,14 +587,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await startSession(page);
 		const [popout] = await Promise.all([page.context().waitForEvent('page'), page.getByRole('button', { name: 'Pop out' }).click()]);
 		await popout.waitForLoadState();
-		await waitFor(
-			() => popout.evaluate(() => {
-				const img = document.querySelector('img');
-				return !!img && img.naturalWidth > 0;
-			}),
-			{ timeout: FRAME_TIMEOUT, what: 'a frame in the pop-out' }
-		);
-		const size = await popout.evaluate(() => [document.querySelector('img').naturalWidth, document.querySelector('img').naturalHeight]);
+		const size = await shownSize(popout, 'img', 'a frame in the pop-out');
 		assert.deepEqual(size, [props.width.default, props.height.default]);
 		await waitForDifferentOutputs(popout, 2, 'img');
 		// The main page keeps its own output.
@@ -631,17 +632,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		// A second screen: another browser context (no camera, no session of its own) opens the link.
 		const viewer = await suite.newPage(suite.browser, { viewport: { width: 960, height: 600 } });
 		await viewer.goto(link);
-		await waitFor(
-			() => viewer.evaluate(() => {
-				const img = document.querySelector('[data-testid=viewer-image]');
-				return !!img && img.complete && img.naturalWidth > 0;
-			}),
-			{ timeout: FRAME_TIMEOUT, what: 'a frame in the viewer' }
-		);
-		const size = await viewer.evaluate(() => {
-			const img = document.querySelector('[data-testid=viewer-image]');
-			return [img.naturalWidth, img.naturalHeight];
-		});
+		const size = await shownSize(viewer, '[data-testid=viewer-image]', 'a frame in the viewer');
 		assert.deepEqual(size, [props.width.default, props.height.default]);
 		// Full window, letterboxed (not cropped) in the 960x600 window.
 		const box = await viewer.locator('[data-testid=viewer-image]').boundingBox();
@@ -846,11 +837,7 @@ describe('a text-input pipeline (txt2img) against the real server', { timeout: 6
 		assert.equal(await page.locator('[data-testid=input-pane]').count(), 0, 'no input pane');
 		assert.match(await page.locator('.controls').innerText(), /applied as you type/);
 		await startSession(page, 1);
-		const size = await page.evaluate(() => {
-			const img = document.querySelector('[data-testid=output-image]');
-			return [img.naturalWidth, img.naturalHeight];
-		});
-		assert.deepEqual(size, [512, 512]);
+		assert.deepEqual(await shownSize(page), [512, 512]);
 		assert.equal(await debug(page, 'tracks().length'), 0, 'no camera for a text pipeline');
 		assert.equal(await page.evaluate(() => window.__binarySends), 0, 'no image frames sent');
 		// The default --max-users is 8.
