@@ -6,6 +6,7 @@ string, which would import this module and load the model a second time).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -58,7 +59,19 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets: Any = None) -> None:
         # Each websocket client hears "Server is shutting down" before uvicorn closes the connections.
         await self.live.conversations_ended(timeout=1.0)
+        await self._closing_handshakes_done(timeout=1.0)
         await super().shutdown(sockets)
+
+    async def _closing_handshakes_done(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) for the clients to answer the websockets' close frames. uvicorn's
+        shutdown closes every connection at once; a socket closed with a client's frame still unread
+        is reset, and a reset makes the client's system drop what it had not yet read: the last
+        messages, "Server is shutting down" among them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            getattr(connection, "close_sent", False) for connection in self.server_state.connections
+        ):
+            await asyncio.sleep(0.02)
 
 
 def keep_freed_memory() -> None:
