@@ -22,11 +22,14 @@ RUN python3 -m venv /opt/venv && chown -R app /opt/venv /app
 ENV PATH=/opt/venv/bin:$PATH
 USER app
 
-# torch first, on its own (CUDA build); then the dependencies, cached apart from the code.
-RUN pip install torch --index-url https://download.pytorch.org/whl/cu128
-COPY --chown=app pyproject.toml README.md ./
-RUN mkdir -p server pipelines && touch server/__init__.py pipelines/__init__.py \
- && pip install ".[ndi,scale]" && pip uninstall -y live-diffusion
+# torch first, on its own: the CUDA 12.8 build of the version requirements/torch.txt pins. Then the
+# exact versions of the lock files (they leave torch out; scripts/lock.sh makes them), cached apart
+# from the code. The code runs from /app, not installed.
+COPY --chown=app requirements/torch.txt requirements/
+RUN pip install -r requirements/torch.txt --index-url https://download.pytorch.org/whl/cu128
+COPY --chown=app requirements/ requirements/
+RUN pip install --no-deps -r requirements/base.txt -r requirements/ndi.txt -r requirements/scale.txt \
+ && pip check
 COPY --chown=app server/ server/
 COPY --chown=app pipelines/ pipelines/
 COPY --chown=app bench/ bench/
