@@ -14,6 +14,14 @@ text_encoder, tokenizer), so the two are interchangeable in the benchmarks.
 | `controlnet(unet)` | lllyasviel/control_v11p_sd15_canny (`ControlNetModel.from_unet` of the SD1.5 UNet) |
 | `autoencoder_kl()` | the SD1.x/2.x VAE (`vae` of both models above) |
 | `taesd()` | madebyollin/taesd (`AutoencoderTiny`'s default config is TAESD's) |
+| `sdxl_unet()` | stabilityai/stable-diffusion-xl-base-1.0 `unet` (2.6B parameters, "text_time" conditioning) |
+| `open_clip_vit_bigg()` | SDXL's `text_encoder_2` (OpenCLIP ViT-bigG/14, with its projection) |
+| `autoencoder_kl_sdxl()` | SDXL's `vae` (the SD VAE's architecture, SDXL's scaling factor) |
+| `taesdxl()` | madebyollin/taesdxl (the same architecture as TAESD) |
+| `lora(unet)` | a LoRA on the UNet's attention projections (stands in for latent-consistency/lcm-lora-sdxl, fused) |
+
+`built_on(device)` builds on that device (no copy from the CPU: on a GPU host the random
+initialisation of the SDXL UNet takes a moment instead of many seconds).
 
 The tokenizer is `pipelines._tiny.tiny_tokenizer()` (byte-level, one token per character): the real
 CLIP vocabulary is not on this machine. Token ids only index the embedding table, and every
@@ -23,11 +31,12 @@ characters: the benchmarks use such a prompt, so the UNet sees 77-token embeddin
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from pipelines import _tiny as tiny
 
@@ -59,6 +68,23 @@ SD21_UNET = {
     "use_linear_projection": True,
 }
 
+SDXL_UNET = {
+    **{key: SD15_UNET[key] for key in ("in_channels", "out_channels", "layers_per_block", "norm_num_groups", "norm_eps",
+                                       "act_fn", "flip_sin_to_cos", "freq_shift", "downsample_padding",
+                                       "mid_block_scale_factor")},
+    "sample_size": 128,
+    "block_out_channels": (320, 640, 1280),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "transformer_layers_per_block": (1, 2, 10),
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,  # CLIP ViT-L's 768 and OpenCLIP bigG's 1280, concatenated
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,  # 6 x 256 micro-conditioning + 1280 pooled text embedding
+}
+
 SD_VAE = {
     "in_channels": 3,
     "out_channels": 3,
@@ -75,6 +101,8 @@ SD_VAE = {
 
 CLIP_VIT_L = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
               "projection_dim": 768, "hidden_act": "quick_gelu"}
+OPEN_CLIP_VIT_BIGG = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                      "num_attention_heads": 20, "projection_dim": 1280, "hidden_act": "gelu"}
 OPEN_CLIP_VIT_H = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
                    "projection_dim": 512, "hidden_act": "gelu"}
 
@@ -97,7 +125,7 @@ def sd21_unet(seed: int = SEED) -> UNet2DConditionModel:
         return _ready(UNet2DConditionModel(**SD21_UNET))
 
 
-def _text_encoder(spec: dict[str, Any], seed: int) -> CLIPTextModel:
+def _text_encoder(spec: dict[str, Any], seed: int, cls: type = CLIPTextModel) -> Any:
     tokenizer = tiny.tiny_tokenizer()
     config = CLIPTextConfig(
         vocab_size=49408,  # the real table; the byte-level tokenizer's ids (< 514) index its start
@@ -108,7 +136,7 @@ def _text_encoder(spec: dict[str, Any], seed: int) -> CLIPTextModel:
         **spec,
     )
     with _seeded(seed):
-        return _ready(CLIPTextModel(config))
+        return _ready(cls(config))
 
 
 def clip_vit_l(seed: int = SEED) -> CLIPTextModel:
@@ -117,6 +145,24 @@ def clip_vit_l(seed: int = SEED) -> CLIPTextModel:
 
 def open_clip_vit_h(seed: int = SEED) -> CLIPTextModel:
     return _text_encoder(OPEN_CLIP_VIT_H, seed)
+
+
+def sdxl_unet(seed: int = SEED) -> UNet2DConditionModel:
+    with _seeded(seed):
+        return _ready(UNet2DConditionModel(**SDXL_UNET))
+
+
+def open_clip_vit_bigg(seed: int = SEED) -> CLIPTextModelWithProjection:
+    return _text_encoder(OPEN_CLIP_VIT_BIGG, seed, CLIPTextModelWithProjection)
+
+
+def autoencoder_kl_sdxl(seed: int = SEED) -> AutoencoderKL:
+    with _seeded(seed):
+        return _ready(AutoencoderKL(**{**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}))
+
+
+def taesdxl(seed: int = SEED) -> AutoencoderTiny:
+    return taesd(seed + 1)
 
 
 def autoencoder_kl(seed: int = SEED) -> AutoencoderKL:
@@ -146,6 +192,46 @@ def sd21(seed: int = SEED) -> dict[str, Any]:
     """Full-size sd-turbo-shaped components, as `pipelines._tiny.tiny_sd21` returns them."""
     return {"unet": sd21_unet(seed), "vae": autoencoder_kl(seed), "text_encoder": open_clip_vit_h(seed),
             "tokenizer": tiny.tiny_tokenizer()}
+
+
+def sdxl(seed: int = SEED) -> dict[str, Any]:
+    """Full-size SDXL base 1.0-shaped components, as `pipelines._tiny.tiny_sdxl` returns them."""
+    return {"unet": sdxl_unet(seed), "vae": autoencoder_kl_sdxl(seed), "text_encoder": clip_vit_l(seed),
+            "text_encoder_2": open_clip_vit_bigg(seed), "tokenizer": tiny.tiny_tokenizer(),
+            "tokenizer_2": tiny.tiny_tokenizer()}
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def lora(unet: torch.nn.Module, seed: int = SEED, rank: int = 4) -> dict[str, torch.Tensor]:
+    """A random LoRA on `unet`'s attention projections, as the state dict `load_lora_weights` takes (the
+    keys `pipelines._tiny.tiny_lora` gives), made directly: tiny_lora builds a second UNet to hold the
+    adapter, which for SDXL's would be 2.6B parameters more. Small values: fused into random weights, it
+    should not push float16 activations out of range."""
+    state: dict[str, torch.Tensor] = {}
+    generator = torch.Generator().manual_seed(seed)
+    for name, module in unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(LORA_TARGETS):
+            down = torch.randn(rank, module.in_features, generator=generator, device="cpu") * 0.01
+            up = torch.randn(module.out_features, rank, generator=generator, device="cpu") * 0.01
+            weight = module.weight  # a LoRA file comes in the model's dtype, and is loaded where the model is
+            state[f"unet.{name}.lora_A.weight"] = down.to(device=weight.device, dtype=weight.dtype)
+            state[f"unet.{name}.lora_B.weight"] = up.to(device=weight.device, dtype=weight.dtype)
+    return state
+
+
+@contextlib.contextmanager
+def built_on(device: Any) -> Iterator[None]:
+    """Modules constructed in the block get their parameters on `device` (torch's default-device
+    context) rather than on the CPU: the same random weights' cost, without a CPU initialisation of
+    billions of parameters and the copy. On the CPU, nothing changes."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        yield
+        return
+    with device:
+        yield
 
 
 def parameter_count(model: torch.nn.Module) -> int:

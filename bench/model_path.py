@@ -82,7 +82,7 @@ TARGET_NAIVE_OVER_OURS = 2.0
 @dataclass(frozen=True)
 class Case:
     name: str
-    family: str  # "sd15" (LCM Dreamshaper v7) or "sd21" (sd-turbo)
+    family: str  # "sd15" (LCM Dreamshaper v7), "sd21" (sd-turbo) or "sdxl" (SDXL base)
     steps: int
     strength: float
     naive_steps: int  # num_inference_steps giving the stock pipeline the same number of UNet calls
@@ -98,20 +98,40 @@ CASES = {
 # --- components -----------------------------------------------------------------------------------
 
 
-def build_components(case: Case, full: bool) -> dict[str, Any]:
-    """Fresh unet, vae (AutoencoderKL), text_encoder, tokenizer, taesd and (ControlNet) controlnet."""
+def build_components(case: Case, full: bool, device: Any = None) -> dict[str, Any]:
+    """Fresh unet, vae (AutoencoderKL), text_encoder, tokenizer, taesd and (ControlNet) controlnet; SDXL
+    (family "sdxl") also text_encoder_2 and tokenizer_2, and TAESDXL as taesd. With `device` (full size
+    only), built on that device (`full_size.built_on`), or on the CPU if that fails."""
     from pipelines import _tiny as tiny
 
+    if full and device is not None:
+        from bench import full_size
+
+        try:
+            with full_size.built_on(device):
+                return build_components(case, full)
+        except Exception as error:  # noqa: BLE001  (any failure: the CPU build is the fallback)
+            report.progress(f"model_path: building on {device} failed ({type(error).__name__}: {error}); "
+                            "building on the CPU")
+            gc.collect()
     if full:
         from bench import full_size
 
-        components = full_size.sd15(lcm=True) if case.family == "sd15" else full_size.sd21()
-        components["taesd"] = full_size.taesd()
+        if case.family == "sdxl":
+            components = full_size.sdxl()
+            components["taesd"] = full_size.taesdxl()
+        else:
+            components = full_size.sd15(lcm=True) if case.family == "sd15" else full_size.sd21()
+            components["taesd"] = full_size.taesd()
         if case.controlnet:
             components["controlnet"] = full_size.controlnet(components["unet"])
     else:
-        components = tiny.tiny_sd15(lcm=True) if case.family == "sd15" else tiny.tiny_sd21()
-        components["taesd"] = tiny.tiny_taesd()
+        if case.family == "sdxl":
+            components = tiny.tiny_sdxl()
+            components["taesd"] = tiny.tiny_taesdxl()
+        else:
+            components = tiny.tiny_sd15(lcm=True) if case.family == "sd15" else tiny.tiny_sd21()
+            components["taesd"] = tiny.tiny_taesd()
         if case.controlnet:
             components["controlnet"] = tiny.tiny_controlnet(components["unet"])
     return components
@@ -122,12 +142,17 @@ def full_size_builders(components: dict[str, Any]) -> Iterator[None]:
     """Point `pipelines._tiny`'s builders at `components` while a pipeline module is constructed."""
     from pipelines import _tiny as tiny
 
-    base = {key: components[key] for key in ("unet", "vae", "text_encoder", "tokenizer")}
+    keys = ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    base = {key: components[key] for key in keys if key in components}
     replacements = {
         "tiny_sd15": lambda *args, **kwargs: dict(base),
         "tiny_sd21": lambda *args, **kwargs: dict(base),
+        "tiny_sdxl": lambda *args, **kwargs: dict(base),
         "tiny_taesd": lambda *args, **kwargs: components["taesd"],
+        "tiny_taesdxl": lambda *args, **kwargs: components["taesd"],
         "tiny_controlnet": lambda *args, **kwargs: components["controlnet"],
+        # The LoRA SDXL's pipeline fuses (the LCM-LoRA): one made for the full-size UNet.
+        "tiny_lora": lambda unet, *args, **kwargs: _full_size_lora(unet),
     }
     saved = {name: getattr(tiny, name) for name in replacements}
     try:
@@ -137,6 +162,12 @@ def full_size_builders(components: dict[str, Any]) -> Iterator[None]:
     finally:
         for name, builder in saved.items():
             setattr(tiny, name, builder)
+
+
+def _full_size_lora(unet: Any) -> dict[str, Any]:
+    from bench import full_size
+
+    return full_size.lora(unet)
 
 
 def _unwrapped(module: Any) -> Any:
@@ -153,6 +184,12 @@ def build_ours(case: Case, components: dict[str, Any], full: bool, device: Any, 
         return module.Pipeline(options, device, dtype)
     with full_size_builders(components):
         pipeline = module.Pipeline(options, device, dtype)
+    check_full_size(case, pipeline, components)
+    return pipeline
+
+
+def check_full_size(case: Case, pipeline: Any, components: dict[str, Any]) -> None:
+    """Stop with a message unless `pipeline` holds the full-size modules of `components`."""
     pipe = pipeline.pipe
     expected = {"unet": components["unet"], "vae": components["taesd"]}
     if case.controlnet:
@@ -164,7 +201,6 @@ def build_ours(case: Case, components: dict[str, Any], full: bool, device: Any, 
                 "pipelines._tiny's builders (its miniature models are built another way now): update "
                 "build_ours() in bench/model_path.py."
             )
-    return pipeline
 
 
 def build_naive(case: Case, components: dict[str, Any], scheduler: Any, device: Any, dtype: Any) -> Any:

@@ -96,16 +96,19 @@ class ClientStats:
 
 class BenchClient:
     """One user. Ping-pong (like the page) unless `burst_fps` is set: then it sends at that rate,
-    ignoring send_frame."""
+    ignoring send_frame. `camera_fps`: a ping-pong user whose camera gives that many frames a second
+    (it answers a send_frame no sooner than 1/camera_fps after its previous frame)."""
 
     def __init__(self, server: Any, http: httpx.AsyncClient, params: dict[str, Any], seed: int,
-                 size: int = SIZE, burst_fps: float | None = None) -> None:
+                 size: int = SIZE, burst_fps: float | None = None, camera_fps: float | None = None) -> None:
         self.server = server
         self.http = http
         self.user_id = str(uuid.uuid4())
         self.params_json = json.dumps(params)
         self.pixels = camera_pixels(seed, size, size, noise=CAMERA_NOISE)
         self.burst_fps = burst_fps
+        self.camera_interval = 1.0 / camera_fps if camera_fps else 0.0
+        self.last_sent = 0.0
         self.stats = ClientStats()
         self.sending = True
         self.number = 0
@@ -162,6 +165,9 @@ class BenchClient:
                 status = message.get("status")
                 if status == "send_frame":
                     if self.sending and not self.burst_fps:
+                        if self.camera_interval:  # the camera's next frame
+                            await asyncio.sleep(max(0.0, self.last_sent + self.camera_interval - time.perf_counter()))
+                            self.last_sent = time.perf_counter()
                         await self._send_frame()
                 elif status in ("error", "timeout"):
                     self.stats.errors.append(str(message.get("message")))
@@ -290,13 +296,16 @@ async def wait_for_no_users(server: Any, timeout: float = 10.0) -> None:
 
 
 async def run_configuration(server: Any, delay_ms: float, clients: int, warmup: float, duration: float,
-                            size: int, output_quality: int) -> dict[str, Any]:
-    params = {"delay_ms": delay_ms, "width": size, "height": size}
+                            size: int, output_quality: int, params: dict[str, Any] | None = None,
+                            camera_fps: float | None = None) -> dict[str, Any]:
+    """`params`: what each client sends with its frames (default: the echo model's, `delay_ms` and the
+    size); `camera_fps`: the clients' camera rate (default: none, they answer every send_frame at once)."""
+    params = params if params is not None else {"delay_ms": delay_ms, "width": size, "height": size}
     server_process = psutil.Process(server.proc.pid)
     own_process = psutil.Process()
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None), limits=limits) as http:
-        users = [BenchClient(server, http, params, seed=i, size=size) for i in range(clients)]
+        users = [BenchClient(server, http, params, seed=i, size=size, camera_fps=camera_fps) for i in range(clients)]
         await asyncio.gather(*(user.start() for user in users))
         await asyncio.sleep(warmup)
         with CodecFloor([jpeg for user in users for jpeg in user.recent], output_quality) as codec:
