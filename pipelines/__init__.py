@@ -28,6 +28,8 @@ from pipelines._base import (
     ParamsModel,
     Pipeline,
     PipelineInfo,
+    SupportsBatch,
+    SupportsStreamMemory,
     batch_key,
     checkbox_field,
     guidance_field,
@@ -44,7 +46,7 @@ from pipelines._base import (
 
 __all__ = [
     "CFG_GUIDANCE", "LCM_GUIDANCE", "BatchPipeline", "ModelLoadError", "ModelMismatch", "ModelOptions", "ModelUnavailable", "ParamsModel",
-    "Pipeline", "PipelineInfo", "UnknownPipeline", "available", "batch_key", "checkbox_field", "guidance_field",
+    "Pipeline", "PipelineInfo", "SupportsBatch", "SupportsStreamMemory", "UnknownPipeline", "available", "batch_key", "checkbox_field", "guidance_field",
     "load", "load_module", "negative_prompt_field", "prompt_field", "range_field", "seed_field", "select_field",
     "size_field", "steps_field", "strength_field", "temporal_field",
 ]

@@ -18,7 +18,7 @@ never disagree.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -193,13 +193,31 @@ class BatchPipeline:
 
 
 class Pipeline(Protocol):
-    """What the server needs from a pipeline's `Pipeline` class (`predict_batch` is optional)."""
+    """What the server needs from a pipeline's `Pipeline` class; what more it can do is said by the
+    optional capabilities below, which the server checks with `isinstance`."""
 
     InputParams: ClassVar[type[ParamsModel]]
 
     def __init__(self, config: Any, device: torch.device, dtype: torch.dtype) -> None: ...
 
     def predict(self, params: ParamsModel, image: Image.Image | None) -> Image.Image: ...
+
+
+@runtime_checkable
+class SupportsBatch(Protocol):
+    """A pipeline that runs the frames of several users as one batch (those whose `batch_key` is equal)."""
+
+    def predict_batch(self, batch: list[Any], images: list[Any]) -> list[Image.Image]: ...
+
+
+@runtime_checkable
+class SupportsStreamMemory(Protocol):
+    """A pipeline with temporal consistency: it keeps a memory per video stream, made by `new_memory()`
+    and passed with each of the stream's frames."""
+
+    def new_memory(self) -> Any: ...
+
+    def predict_batch(self, batch: list[Any], images: list[Any], memories: list[Any]) -> list[Image.Image]: ...
 
 
 class ModelOptions(BaseModel):

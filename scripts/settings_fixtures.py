@@ -22,13 +22,13 @@ sys.path.insert(0, str(REPO_ROOT))
 def fixtures() -> dict[Path, str]:
     """{path: JSON text} for every pipeline, as the server answers with default options."""
     import pipelines
-    from server.app import settings_response
     from server.config import DEFAULT_MAX_USERS
+    from server.live import settings_response
 
     out = {}
     for name in pipelines.available():
         module = pipelines.load_module(name)
-        settings = settings_response(module, module.InputParams, DEFAULT_MAX_USERS)
+        settings = settings_response(module.Info, module.InputParams, DEFAULT_MAX_USERS)
         out[FIXTURES / f"{name}.json"] = json.dumps(settings.model_dump(mode="json"), indent="\t") + "\n"
     return out
 

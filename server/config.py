@@ -86,6 +86,20 @@ class Config(BaseSettings):
         description="Other web origins (https://site.example) whose pages may use this server, '*' for any; "
         "its own origin and loopback ones always may",
     )
+    allowed_hosts: list[str] = Field(
+        [],
+        description="Host names (and addresses) requests may be addressed to, '*' for any, '*.example.com' for a domain; "
+        "empty: loopback ones, plus this machine's own names and addresses when --host is wider than loopback",
+    )
+    header_timeout: float = Field(
+        10.0, ge=0, le=300, description="Seconds a client may take to send a request's headers before it is disconnected; 0: no limit"
+    )
+    max_connections_per_address: int = Field(
+        100, ge=0, description="Connections open at once from one client address (0: no limit; behind a reverse proxy, 0)"
+    )
+    limit_concurrency: int = Field(
+        1000, ge=0, description="Connections and requests in progress at once; more HTTP requests get 503. 0: no limit"
+    )
 
     # frames
     jpeg_quality: int = Field(85, ge=1, le=100, description="Quality of the output JPEG frames")
@@ -132,6 +146,13 @@ class Config(BaseSettings):
             raise ValueError("--ssl-certfile and --ssl-keyfile go together")
         if self.self_signed and self.ssl_certfile:
             raise ValueError("--self-signed makes its own certificate: leave out --ssl-certfile and --ssl-keyfile")
+        return self
+
+    @model_validator(mode="after")
+    def _hosts_are_hosts(self) -> Config:
+        for host in self.allowed_hosts:
+            if not host or any(c in host for c in "/:@ ") and not host.startswith("["):
+                raise ValueError(f"--allowed-hosts: {host!r} is not a host name such as live.example.com, '*.example.com' or '*'")
         return self
 
     @model_validator(mode="after")

@@ -2,27 +2,37 @@
 
 User ids let anyone who knows one watch (and feed) that user's session, and viewer tokens let anyone
 watch it; neither is written to the log, whoever writes the line (this code, uvicorn's access log,
-a traceback). Every line is redacted as it is formatted: a UUID, in any spelling, shows its first 8
-characters, and so does every path segment after /api/ws/, /api/stream/, /api/viewer-token/ and
-/api/view/.
+a traceback). Every line is redacted as it is formatted: a user id, in every spelling the server
+accepts (`sessions.canonical_user_id`: dashes anywhere or none, braces, `urn:uuid:`, any case),
+shows the first 8 hex digits of its canonical spelling; every path segment after /api/ws/,
+/api/stream/, /api/viewer-token/ and /api/view/ shows its first 8 characters. Percent-encodings are
+decoded first (the server decodes them before it reads an id, so any character of an id may come
+encoded in a path or a query string).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote
 
 SHOWN = 8  # characters of an id or token a log line keeps: enough to tell sessions apart
 
-_UUID = re.compile(
-    r"(?i)(?:urn:uuid:)?\{?\b([0-9a-f]{8})-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}\b\}?"
-)
+# 32 hex digits with dashes anywhere between them, and no hex digit right before or after: every
+# spelling of a UUID the server accepts.
+_UUID = re.compile(r"(?i)(?<![0-9a-f])((?:[0-9a-f]-*){31}[0-9a-f])(?![0-9a-f])")
 _SECRET_PATH = re.compile(r"(/api/(?:ws|stream|viewer-token|view)/)([^/\s\"'?#]{1,%d})[^/\s\"'?#]*" % SHOWN)
 
 
+def _shown(match: re.Match[str]) -> str:
+    return match.group(1).replace("-", "")[:SHOWN].lower() + "…"
+
+
 def redact(text: str) -> str:
+    if "%" in text:
+        text = unquote(text)
     text = _SECRET_PATH.sub(r"\1\2…", text)
-    return _UUID.sub(r"\1…", text)
+    return _UUID.sub(_shown, text)
 
 
 class RedactingFormatter(logging.Formatter):

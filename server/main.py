@@ -1,137 +1,26 @@
 """Start the server: python server/main.py --pipeline img2img [--tiny] [--help]
 
-The model loads once, here, before the port opens; uvicorn is given the app object (never an import
-string, which would import this module and load the model a second time).
+This script only reads the flags and starts what they ask for: one server (server/engine.py loads the
+model once, before the port opens, and runs uvicorn with the app of server/app.py) or, with
+--replicas / --ray-address, the scale-out gateway and its replicas (server/scale_out/).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python server/main.py` from any working directory
     sys.path.insert(0, str(REPO_ROOT))
 
-import uvicorn  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
-from server.config import Config, parse  # noqa: E402
+from server.config import parse  # noqa: E402
 
 log = logging.getLogger("live_diffusion")
-
-
-class Server(uvicorn.Server):
-    """uvicorn, plus: say where to connect once listening, and end open streams at once on Ctrl-C
-    (uvicorn would otherwise wait for every MJPEG response to finish)."""
-
-    def __init__(self, config: uvicorn.Config, live: Any, scheme: str) -> None:
-        super().__init__(config)
-        self.live = live
-        self.scheme = scheme
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        if self.started:
-            port = self.servers[0].sockets[0].getsockname()[1]
-            host = self.config.host
-            shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-            log.info("Open %s://%s:%d", self.scheme, shown, port)
-            if host not in ("0.0.0.0", "::"):
-                if self.scheme == "https":
-                    log.info("Only this machine can connect: add --host 0.0.0.0 for phones on the LAN")
-                return
-            from server.tls import lan_addresses
-
-            for address in lan_addresses():
-                log.info("On a phone or another machine: %s://%s:%d", self.scheme, address, port)
-            if self.scheme == "http":
-                log.info("Browsers give cameras only to https pages: add --self-signed for phones")
-
-    def handle_exit(self, sig: int, frame: Any) -> None:
-        self.live.begin_shutdown()
-        super().handle_exit(sig, frame)
-
-    async def shutdown(self, sockets: Any = None) -> None:
-        # Each websocket client hears "Server is shutting down" before uvicorn closes the connections.
-        await self.live.conversations_ended(timeout=1.0)
-        await self._closing_handshakes_done(timeout=1.0)
-        await super().shutdown(sockets)
-
-    async def _closing_handshakes_done(self, timeout: float) -> None:
-        """Wait (at most `timeout` s) for the clients to answer the websockets' close frames. uvicorn's
-        shutdown closes every connection at once; a socket closed with a client's frame still unread
-        is reset, and a reset makes the client's system drop what it had not yet read: the last
-        messages, "Server is shutting down" among them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(
-            getattr(connection, "close_sent", False) for connection in self.server_state.connections
-        ):
-            await asyncio.sleep(0.02)
-
-
-def keep_freed_memory() -> None:
-    """Let glibc keep freed memory for reuse instead of returning it to the system at once.
-
-    Every frame allocates a few buffers of about a megabyte (the decoded frame, the image, the JPEG);
-    by default glibc gives each back to the system as soon as it is freed (its top-of-heap trim and
-    its mmap threshold) and page-faults it in again for the next frame. That cost as much CPU as all
-    the rest of the serving path besides the JPEG codec (docs/benchmarks.md, serving path). Frames up
-    to 32 MB (the default limit of --max-frame-pixels decodes to 12 MB) now reuse freed memory; what
-    is kept is bounded by what the busiest moment used. Linux with glibc only; elsewhere nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others have no mallopt
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    mallopt(m_mmap_threshold, 32 * 2**20)
-    mallopt(m_trim_threshold, 256 * 2**20)
-
-
-def load_pipeline(config: Config) -> tuple[Any, Any, Any, str, str]:
-    """Import the pipeline module, build it (and the safety checker), warm it up.
-    Returns (module, pipeline, safety checker or None, device, dtype)."""
-    import pipelines
-
-    module = pipelines.load_module(config.pipeline)  # an unknown name fails here, before torch loads
-    from pipelines._device import resolve_device, resolve_dtype
-
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.dtype, device)
-    model = "miniature random models (--tiny)" if config.tiny else (config.model_id or module.MODEL_ID)
-    log.info("Loading pipeline %r: %s on %s, %s", config.pipeline, model, device, str(dtype).removeprefix("torch."))
-    started = time.perf_counter()
-    pipeline = module.Pipeline(config.model_options(), device, dtype)
-    safety_checker = None
-    if config.safety_checker:
-        from pipelines._safety import SafetyChecker
-
-        safety_checker = SafetyChecker(config.model_options(), device, dtype)
-    loaded = time.perf_counter()
-    log.info("Model loaded in %.1f s; warming up", loaded - started)
-    _warm_up(module, pipeline)
-    log.info("Warm-up frame took %.2f s", time.perf_counter() - loaded)
-    return module, pipeline, safety_checker, str(device), str(dtype).removeprefix("torch.")
-
-
-def _warm_up(module: Any, pipeline: Any) -> None:
-    # One frame at the default size: compiles what needs compiling, and proves the model runs
-    # before the first user arrives.
-    from PIL import Image
-
-    params = pipeline.InputParams()
-    size = (getattr(params, "width", 512), getattr(params, "height", 512))
-    image = Image.new("RGB", size, (127, 127, 127)) if module.Info().input_mode == "image" else None
-    pipeline.predict(params, image)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -145,7 +34,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from server.logs import setup_logging
 
     setup_logging(config.log_level)
-    keep_freed_memory()
 
     import pipelines
 
@@ -159,12 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except outputs.OutputUnavailable as error:
         log.error("%s", error)
         return 2
-    if config.replicas > 1 or config.ray_address:
-        from server import scale_out
+    from server import engine
 
-        return scale_out.main(config)
+    engine.keep_freed_memory()
+    if config.replicas > 1 or config.ray_address:
+        from server.scale_out.launch import run_scaled_out
+
+        return run_scaled_out(config)
     try:
-        module, pipeline, safety_checker, device, dtype = load_pipeline(config)
+        loaded = engine.load_pipeline(config)
     except pipelines.UnknownPipeline as error:
         log.error("%s", error)
         return 2
@@ -174,50 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from server.app import create_app
 
-    app = create_app(config, module, pipeline, device, dtype, safety_checker)
-    return serve(app, app.state.live, config)
-
-
-def serve(app: Any, live: Any, config: Config) -> int:
-    """Run uvicorn with `app` until Ctrl-C; `live` ends the sessions when asked (`begin_shutdown`) and
-    says when their last messages are out (`conversations_ended`)."""
-    from server.app import FRONTEND_BUILD
-    from server.origins import is_loopback_name
-    from server.websocket_transport import protocol_class
-
-    if not (FRONTEND_BUILD / "index.html").is_file():
-        log.warning("The web page is not built (%s missing): run ./build-run.sh, or "
-                    "npm --prefix frontend ci && npm --prefix frontend run build", FRONTEND_BUILD / "index.html")
-    if not config.max_users and not is_loopback_name(config.host):
-        log.warning("--max-users 0: no limit on users, on a server others can reach")
-    certfile, keyfile = config.ssl_certfile, config.ssl_keyfile
-    if config.self_signed:
-        from server.tls import self_signed_certificate
-
-        certfile, keyfile = (str(path) for path in self_signed_certificate())
-    tls = bool(certfile)
-    server = Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            ssl_certfile=certfile or None,
-            ssl_keyfile=keyfile or None,
-            ws=protocol_class(),
-            ws_max_size=config.max_frame_bytes * 2,  # larger frames get a clear error, not a dropped socket
-            ws_per_message_deflate=False,  # JPEG frames do not compress: deflating them only costs CPU at both ends
-            timeout_graceful_shutdown=1,
-            log_config=None,
-            log_level=config.log_level,
-        ),
-        live,
-        "https" if tls else "http",
-    )
-    try:
-        server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
-        return 130
-    return 0
+    app = create_app(config, loaded)
+    return engine.serve(app, app.state.live, config)
 
 
 if __name__ == "__main__":

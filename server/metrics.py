@@ -28,7 +28,7 @@ ERROR_KINDS = ("input", "model", "deadline", "output", "busy")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from server.sessions import Result
+    from server.frames import Result
 
 
 class Metrics:

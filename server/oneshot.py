@@ -28,9 +28,10 @@ from starlette.formparsers import FormParser, MultiPartException, MultiPartParse
 from starlette.requests import ClientDisconnect, Request
 
 from pipelines import ParamsModel
+from server.frames import Frame, Result
 from server.imaging import FrameError, FrameTooLarge, UnsupportedFrame, check_image
 from server.protocol import describe_validation_error
-from server.sessions import Frame, Job, Result, SessionManager
+from server.sessions import Job, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,6 @@ class OneShot:
         max_frame_pixels: int,
         upload_timeout: float,
         process_timeout: float,
-        model_available: Callable[[], bool],
         shutdown: asyncio.Event,
     ) -> None:
         self.sessions = sessions
@@ -118,16 +118,15 @@ class OneShot:
         self.max_frame_pixels = max_frame_pixels
         self.upload_timeout = upload_timeout
         self.process_timeout = process_timeout
-        self.model_available = model_available
         self.shutdown = shutdown
         self.uploads = 0  # event loop only
         self.in_progress = 0
 
-    async def process(self, request: Request) -> bytes:
+    async def process(self, request: Request, model_available: Callable[[], bool]) -> bytes:
         """The generated JPEG for this request, or an HTTPException saying what is wrong."""
         try:
             frame = await self._receive(request)
-            if not self.model_available():
+            if not model_available():
                 raise _busy("The model is not available right now (its thread is restarting or stalled); try again shortly")
             if self.in_progress >= self.max_requests:
                 raise _busy(f"Too many one-shot requests in progress (the limit is {self.max_requests}); try again shortly")
@@ -240,7 +239,7 @@ class OneShot:
     async def _generate(self, frame: Frame) -> bytes:
         """The frame takes its turn with the live sessions; its JPEG, or the error that says why not."""
         reply: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        job = Job(frame, reply, self.metrics)
+        job = Job(frame, reply)
         self.sessions.submit(job)
         shutdown = asyncio.ensure_future(self.shutdown.wait())
         try:

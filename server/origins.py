@@ -1,13 +1,17 @@
-"""Who may use the server from a browser: an ASGI middleware in front of every route.
+"""Who may use the server from a browser: an ASGI middleware in front of every route, and the names
+this machine answers to.
 
 - Origin: a request that carries an `Origin` header (browsers send one with every websocket, every
-  POST and every script's fetch) is refused with 403 unless that origin is the server's own, a
-  loopback one (a page on this machine), or one of --allowed-origins. A page elsewhere on the web can
-  then neither open a user's websocket or stream nor run the model, as Jupyter refuses foreign
-  origins. `<img>` tags and other plain GETs carry no Origin: viewer links still work anywhere.
-- Host: a server bound to loopback answers only requests addressed to a loopback name or address,
-  so a web page cannot reach it through a DNS name of its own that resolves to 127.0.0.1 (DNS
-  rebinding).
+  POST and every script's fetch) is refused with 403 unless that origin is the server's own (the same
+  host and port it was addressed to), a loopback one (a page on this machine), or one of
+  --allowed-origins. A page elsewhere on the web can then neither open a user's websocket or stream
+  nor run the model, as Jupyter refuses foreign origins. `<img>` tags and other plain GETs carry no
+  Origin: viewer links still work anywhere.
+- Host: a request must be addressed to a name this server answers to, so that a web page cannot
+  reach it through a DNS name of its own that resolves to this machine (DNS rebinding). A server
+  bound to loopback answers loopback names only (403, here); one bound wider answers
+  --allowed-hosts, by default this machine's own names and addresses (400, from Starlette's
+  TrustedHostMiddleware: see server/web.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -42,9 +47,55 @@ def host_and_port(authority: str) -> tuple[str, int | None] | None:
         return None
 
 
-def same_host(a: tuple[str, int | None], b: tuple[str, int | None]) -> bool:
-    """The same host name, and the same port where both say one (a proxy in front may drop it)."""
-    return a[0] == b[0] and (a[1] is None or b[1] is None or a[1] == b[1])
+DEFAULT_PORTS = {"http": 80, "ws": 80, "https": 443, "wss": 443}
+
+
+def same_origin(origin: tuple[str, int | None], origin_scheme: str, host: tuple[str, int | None], scheme: str) -> bool:
+    """An origin (host, port, scheme) is the server's own as addressed (the Host header, the request's
+    scheme): the same host name and the same port, a missing port being its scheme's default. Behind a
+    reverse proxy that terminates TLS, uvicorn takes the scheme from its X-Forwarded-Proto."""
+    return origin[0] == host[0] and (origin[1] or DEFAULT_PORTS.get(origin_scheme)) == (host[1] or DEFAULT_PORTS.get(scheme))
+
+
+def machine_names() -> list[str]:
+    """The names this machine answers to: localhost, its host name, its fully qualified name and its
+    mDNS name (read locally; nothing is sent)."""
+    hostname = socket.gethostname()
+    names = {"localhost", hostname, socket.getfqdn(), f"{hostname.split('.')[0]}.local" if hostname else ""}
+    return sorted(name for name in names if name)
+
+
+def machine_addresses() -> list[str]:
+    """The IP addresses of this machine's network interfaces (read locally; nothing is sent)."""
+    import psutil
+
+    addresses = {"127.0.0.1", "::1"}
+    for interface in psutil.net_if_addrs().values():
+        for address in interface:
+            if address.family in (socket.AF_INET, socket.AF_INET6):
+                addresses.add(address.address.split("%")[0])  # drop an IPv6 zone
+    return sorted(addresses)
+
+
+def lan_addresses() -> list[str]:
+    """IPv4 addresses other machines can use to reach this one."""
+    return [a for a in machine_addresses() if ipaddress.ip_address(a).version == 4 and not ipaddress.ip_address(a).is_loopback]
+
+
+def host_pattern(host: str) -> str:
+    """A host name or address as Starlette's TrustedHostMiddleware compares it (IPv6 in brackets)."""
+    host = host.lower().rstrip(".")
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host.strip("[]")).version == 6 else host
+    except ValueError:
+        return host
+
+
+def allowed_hosts(configured: list[str]) -> list[str]:
+    """The hosts requests may be addressed to: `configured` (--allowed-hosts) plus loopback, or when
+    none is configured, this machine's own names and addresses."""
+    hosts = configured or [*machine_names(), *machine_addresses()]
+    return sorted({host_pattern(host) for host in [*hosts, "localhost", "127.0.0.1", "::1"]})
 
 
 class OriginGuard:
@@ -74,9 +125,12 @@ class OriginGuard:
         origin = headers.get("origin")
         if origin is None or self.allow_any or origin.lower().rstrip("/") in self.allowed:
             return None
-        scheme, separator, authority = origin.partition("://")
-        origin_host = host_and_port(authority) if separator and scheme in ("http", "https") else None
-        if origin_host is not None and (is_loopback_name(origin_host[0]) or (host is not None and same_host(origin_host, host))):
+        origin_scheme, separator, authority = origin.lower().partition("://")
+        origin_host = host_and_port(authority) if separator and origin_scheme in ("http", "https") else None
+        if origin_host is not None and (
+            is_loopback_name(origin_host[0])
+            or (host is not None and same_origin(origin_host, origin_scheme, host, scope.get("scheme", "http")))
+        ):
             return None
         return "Requests from other web sites are refused (start the server with --allowed-origins to allow one)"
 

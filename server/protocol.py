@@ -5,8 +5,8 @@ Client -> server, in reply to send_frame: {"status": "next_frame"}, then the par
 object, then (image pipelines) one binary JPEG; an empty binary message means "no frame yet".
 
 Every bad message gets {"status": "error", "message": ...} naming the problem, and the conversation
-goes on: the client is asked for a new frame. Only this client is affected. Only valid activity (a
-valid parameter message, a frame) keeps the session from its idle timeout, and a client that sends
+goes on: the client is asked for a new frame. Only this client is affected. Only a frame (text
+pipelines: a valid parameter message) keeps the session from its idle timeout, and a client that sends
 nothing but bad messages is disconnected after `MAX_ERRORS_IN_A_ROW` of them (nothing but frames
 the worker cannot decode: `sessions.MAX_DAMAGED_FRAMES_IN_A_ROW`).
 
@@ -27,15 +27,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from pipelines import ParamsModel
 from server.config import Config
+from server.frames import Frame
 from server.imaging import FrameError, check_jpeg
-from server.sessions import AlreadyConnected, Frame, ServerFull, Session, SessionManager, canonical_user_id
+from server.sessions import AlreadyConnected, ServerFull, Session, SessionManager, canonical_user_id
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT_MESSAGE_CHARS = 65_536
 MAX_ERRORS_IN_A_ROW = 100  # bad messages without a good one between them: the client is broken or hostile
-EMPTY_FRAME_RETRY_S = 0.02  # the client has no camera frame yet: ask again shortly, not in a busy loop
-TEXT_POLL_S = 0.2  # text pipelines, parameters unchanged: how soon to ask the client again
 
 Expecting = Literal["status", "params", "image", "skip_image"]
 
@@ -73,6 +72,9 @@ def parse_json(text: str) -> Any:
 
 
 class Conversation:
+    """One websocket: it parses the client's messages and tells the session manager what they mean;
+    the manager decides what happens to the session (docs in server/sessions.py)."""
+
     def __init__(
         self,
         websocket: WebSocket,
@@ -88,6 +90,7 @@ class Conversation:
         self.config = config
         self.expecting: Expecting = "status"
         self.params: ParamsModel | None = None  # validated, waiting for its image
+        self.new_source = False  # the client's next frame comes from another input (next_frame's new_source)
         self.errors_in_a_row = 0
         # The page sends the same parameters with every frame: the last text and what it validated to,
         # so an unchanged message costs neither JSON parsing nor validation.
@@ -100,8 +103,9 @@ class Conversation:
         if session is None:
             return
         log.info("session %s: connected (%d users)", session.short_id, len(self.sessions))
-        session.send({"status": "connected", "message": "Connected"})
-        session.send({"status": "wait"})
+        # The stream token lets the owner's page open its stream however many others hold (docs/protocol.md).
+        self.sessions.send(session, {"status": "connected", "message": "Connected", "stream_token": session.stream_token})
+        self.sessions.send(session, {"status": "wait"})
         reader = asyncio.create_task(self._read(session))
         writer = asyncio.create_task(self._write(session))
         tasks = {reader, writer, asyncio.create_task(session.ended.wait())}  # ended: by shutdown, say
@@ -109,12 +113,13 @@ class Conversation:
             tasks.add(asyncio.create_task(self._time_out(session)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if writer not in done:  # the client left, or a timeout: what is queued (the reason) goes out
-                await self._flush(session, writer)
+            self.sessions.end(session)  # the client left, or a timeout: what is queued (the reason) goes out
+            if writer not in done:
+                await self._flush(writer)
         finally:
             for task in tasks:
                 task.cancel()
-            self.sessions.close(session)
+            self.sessions.end(session)
             await self._close_socket()
             log.info(
                 "session %s: closed after %.0f s, %d frames in, %d out, %d dropped (%d users)",
@@ -143,12 +148,12 @@ class Conversation:
         await self._close_socket()
         return None
 
-    async def _flush(self, session: Session, writer: asyncio.Task[None]) -> None:
-        """Let the writer send what is queued (a timeout message, say), then stop it."""
+    @staticmethod
+    async def _flush(writer: asyncio.Task[None]) -> None:
+        """Let the writer send what is queued (a timeout message, say) up to the session's end."""
         try:
-            session.outbox.put_nowait(None)
             await asyncio.wait_for(writer, 2.0)
-        except (asyncio.QueueFull, asyncio.TimeoutError, Exception):
+        except Exception:  # the client does not read, or left
             writer.cancel()
 
     async def _close_socket(self) -> None:
@@ -158,7 +163,7 @@ class Conversation:
             pass
 
     async def _write(self, session: Session) -> None:
-        while (message := await session.outbox.get()) is not None:
+        while (message := await self.sessions.next_message(session)) is not None:
             await self.ws.send_text(json.dumps(message))
 
     def _time_left(self, session: Session) -> tuple[float, str]:
@@ -183,7 +188,7 @@ class Conversation:
             await asyncio.sleep(time_left[0])
         reason = time_left[1]
         log.info("session %s: %s", session.short_id, reason)
-        session.send({"status": "timeout", "message": reason})
+        self.sessions.end(session, {"status": "timeout", "message": reason})
 
     async def _read(self, session: Session) -> None:
         while not session.closed:
@@ -199,23 +204,18 @@ class Conversation:
                 self._on_text(session, message.get("text") or "")
             if self.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
                 log.info("session %s: %d bad messages in a row; closing", session.short_id, self.errors_in_a_row)
-                session.send({"status": "error", "message": f"{MAX_ERRORS_IN_A_ROW} bad messages in a row: closing"})
+                self.sessions.end(
+                    session, {"status": "error", "message": f"{MAX_ERRORS_IN_A_ROW} bad messages in a row: closing"}
+                )
                 return
-
-    def _valid_activity(self, session: Session) -> None:
-        """A valid parameter message or frame: the client is alive and well."""
-        session.last_activity_at = time.monotonic()
-        self.errors_in_a_row = 0
 
     def _refuse(self, session: Session, problem: str, *, skip_image: bool = False) -> None:
         log.info("session %s: %s", session.short_id, problem[:200])
         self.errors_in_a_row += 1
-        session.send_error(problem)
         self.sessions.metrics.errors.labels("input").inc()
         self.params = None
         self.expecting = "skip_image" if skip_image and self.input_mode == "image" else "status"
-        session.frame_requested = False
-        session.request_frame_if_idle()
+        self.sessions.frame_refused(session, problem)
 
     def _on_text(self, session: Session, text: str) -> None:
         if self.expecting == "params":
@@ -233,6 +233,7 @@ class Conversation:
             self._refuse(session, "Expected a JSON object with a 'status' key")
         elif message["status"] == "next_frame":
             self.expecting = "params"
+            self.new_source = self.new_source or message.get("new_source") is True
         else:
             self._refuse(session, f"Unknown status {str(message['status'])[:64]!r}")
 
@@ -256,13 +257,14 @@ class Conversation:
             if params == session.params:
                 params = session.params  # unchanged: keep the one object (cheap comparisons from here on)
             self._last_params_text, self._last_params = text, params
-        self._valid_activity(session)
+        self.errors_in_a_row = 0
         if self.input_mode == "image":
             self.params = params
             self.expecting = "image"
         else:
             self.expecting = "status"
-            self._accept(session, Frame(params, None))
+            self.sessions.activity(session)  # a text pipeline's page says it is there by its parameters
+            self.sessions.frame_accepted(session, Frame(params, None))
 
     def _on_binary(self, session: Session, data: bytes) -> None:
         expecting, self.expecting = self.expecting, "status"
@@ -272,34 +274,14 @@ class Conversation:
             self._refuse(session, "Expected a JSON text message; got binary data")
             return
         params, self.params = self.params, None
-        if not data:  # the client has no frame yet
-            session.frame_requested = False
-            asyncio.get_running_loop().call_later(EMPTY_FRAME_RETRY_S, session.request_frame_if_idle)
+        if not data:  # the client has no frame yet: not activity (a page left open with no camera times out)
+            self.sessions.no_frame_yet(session)
             return
         try:
             check_jpeg(data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels)
         except FrameError as error:
             self._refuse(session, str(error))
             return
-        self._valid_activity(session)
-        self._accept(session, Frame(params, data))
-
-    def _accept(self, session: Session, frame: Frame) -> None:
-        session.frame_requested = False
-        if frame.data is None and frame.params is session.params and session.stats.frames_in:
-            # Text pipelines: nothing changed, nothing to generate. Ask again a little later, so
-            # clients that only answer send_frame still see their changes soon.
-            asyncio.get_running_loop().call_later(TEXT_POLL_S, session.request_frame_if_idle)
-            return
-        if frame.params is not session.params:
-            changed = {
-                name: value for name, value in frame.params.model_dump().items() if getattr(session.params, name) != value
-            }
-            log.debug("session %s: params changed: %s", session.short_id, _short(changed))
-            session.params = frame.params
-        self.sessions.offer(session, frame)
-        session.send({"status": "wait"})
-
-
-def _short(values: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={str(value)[:80]!r}" for name, value in values.items())
+        self.sessions.activity(session)
+        self.sessions.frame_accepted(session, Frame(params, data, new_source=self.new_source))
+        self.new_source = False

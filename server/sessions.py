@@ -1,9 +1,15 @@
-"""Sessions: one per connected user, each with a latest-wins frame slot, and the manager that admits
-them and hands their frames to the worker, in turn. A one-shot job (POST /api/process) is a frame with
-a reply: it takes its turn in the same order, but it is not a session.
+"""Sessions: one per connected user, each with a latest-wins frame slot, and the manager that owns
+them. A one-shot job (POST /api/process) is a frame with a reply: it takes its turn in the same order,
+but it is not a session.
 
-Threads: the event loop opens, feeds and closes sessions and jobs; the worker thread takes their
-frames. What the two share (the slots, the in-flight flags, the stream counts, the turn order) is
+The manager is the only writer of a session's state. The websocket conversation, the streams, the
+worker and the app tell it what happened (`frame_accepted`, `frame_refused`, `stream_opened`,
+`deliver`, `end`, ...) and read the rest. Among them it runs the ping-pong: one frame asked for
+(`send_frame`) once nothing of the session's is waiting or being generated and a stream shows the
+output.
+
+Threads: the event loop calls every verb but `take`, `finish` and `wake`, which the worker thread
+calls. What the two share (the slots, the in-flight flags, the streams, `closed`, the turn order) is
 guarded by the manager's lock. Everything else on a Session belongs to the event loop.
 
 Bounds: a session keeps at most one frame, as the client sent it (compressed; the worker decodes
@@ -15,20 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
 
-from pipelines import ParamsModel
+from server.frames import Frame, Result
 from server.metrics import Metrics
-from server.streaming import OutputSlot
+from server.mjpeg import OutputSlot
 
 if TYPE_CHECKING:
-    import numpy as np
-
+    from pipelines import ParamsModel
     from server.outputs import Output
 
 log = logging.getLogger(__name__)
@@ -38,8 +44,12 @@ MAX_STREAMS_PER_SESSION = 4  # the page, a pop-out, a reload overlapping the old
 # Frames whose header was fine but whose data the worker could not decode, with no good frame between
 # them: the client is broken or hostile (each costs a round trip of messages, and no model time).
 MAX_DAMAGED_FRAMES_IN_A_ROW = 100
+EMPTY_FRAME_RETRY_S = 0.02  # the client has no camera frame yet: ask again shortly, not in a busy loop
+TEXT_POLL_S = 0.2  # text pipelines, parameters unchanged: how soon to ask the client again
 
-ErrorKind = Literal["input", "model", "deadline"]
+# The spellings of a user id accepted: a UUID's 32 hex digits with dashes anywhere, in braces or not,
+# with a `urn:uuid:` prefix or not, in any case. server/logs.py redacts exactly these.
+_USER_ID = re.compile(r"(?i)(?:urn:uuid:)?(\{)?([0-9a-f-]+)(?(1)\})")
 
 
 class ServerFull(Exception):
@@ -56,32 +66,13 @@ class TooManyStreams(Exception):
 
 def canonical_user_id(user_id: str) -> str | None:
     """The one spelling of a user id (a UUID: lower case, with dashes), or None when it is no UUID.
-    Upper case, braces, `urn:uuid:` and a missing dash all name the same user."""
-    try:
-        return str(uuid.UUID(user_id))
-    except ValueError:
+    Upper case, braces, `urn:uuid:` and dashes anywhere (or none) all name the same user; nothing else
+    does (Python's own UUID parser would also take `+`, `_` and spaces)."""
+    match = _USER_ID.fullmatch(user_id)
+    if match is None:
         return None
-
-
-@dataclass
-class Frame:
-    params: ParamsModel
-    data: bytes | None  # the image as the client sent it (JPEG, or PNG for one-shot jobs); None for text pipelines
-    received_at: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class Result:
-    """What the worker made of a frame: an encoded JPEG (and its pixels, for the outputs), or an error."""
-
-    frame: Frame
-    started_at: float
-    finished_at: float
-    jpeg: bytes | None = None
-    pixels: np.ndarray | None = None  # the same frame as RGB pixels (read-only), for the outputs
-    error: str | None = None
-    error_kind: ErrorKind = "model"
-    reused: bool = False  # the similarity filter re-sent the previous output
+    digits = match.group(2).replace("-", "")
+    return str(uuid.UUID(digits)) if len(digits) == 32 else None
 
 
 @dataclass
@@ -92,103 +83,64 @@ class SessionStats:
     errors: int = 0
 
 
+@dataclass(eq=False)
+class Stream:
+    """One open MJPEG response of a session's output. `owner`: opened with the session's stream token,
+    which only the holder of its websocket has."""
+
+    owner: bool
+    opened_at: float = field(default_factory=time.monotonic)
+    ended: bool = False  # closed by the manager, to make room for one of the owner's
+
+
 class Session:
-    def __init__(self, session_id: str, params: ParamsModel, manager: SessionManager) -> None:
+    """One connected user. The manager writes every field (see the module docstring); the rest of the
+    server reads them."""
+
+    def __init__(self, session_id: str, params: ParamsModel, outputs: list[Output]) -> None:
         self.id = session_id
         self.short_id = session_id[:8]  # what logs show: never the whole id
         self.params = params
         self.viewer_token = secrets.token_urlsafe(18)  # read-only viewer link (/api/view/{token}); not the id
+        self.stream_token = secrets.token_urlsafe(18)  # the owner's streams (sent over its websocket only)
         self.created_at = self.last_activity_at = time.monotonic()
         self.stats = SessionStats()
-        self._manager = manager
         # Shared with the worker, under the manager's lock:
         self.pending: Frame | None = None
         self.in_flight = False
-        self.streams = 0  # open /api/stream responses
+        self.streams: list[Stream] = []  # open /api/stream responses, oldest first
         self.closed = False
         # Event loop only:
         self.viewers = 0  # open /api/view responses
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.ended = asyncio.Event()  # set when the session ends, whoever ends it
         self.output = OutputSlot()
-        self.frame_requested = False
+        self.frame_requested = False  # a send_frame is out, not yet answered
+        self.retry: asyncio.TimerHandle | None = None  # the one timer asking the client again
         self.damaged_frames_in_a_row = 0
-        self.outputs: list[Output] = []  # NDI, Syphon: started with the first stream, stopped on close
+        self.outputs = outputs  # NDI, Syphon: started with the first stream, stopped at the end
         self.outputs_started = False
 
     @property
     def streaming(self) -> bool:
-        return self.streams > 0
+        return bool(self.streams)
 
     def ready(self) -> bool:
         """A frame is waiting and someone watches its output (under the manager's lock)."""
-        return self.pending is not None and self.streams > 0 and not self.closed
-
-    def send(self, message: dict[str, Any]) -> None:
-        """Queue a control message for the client; a client that stops reading is disconnected."""
-        if self.closed:
-            return
-        try:
-            self.outbox.put_nowait(message)
-        except asyncio.QueueFull:
-            # The connection's reader sees `closed` and ends the session.
-            log.warning("session %s: client is not reading its messages; closing", self.short_id)
-            self.closed = True
-            self.ended.set()
-
-    def send_error(self, message: str) -> None:
-        self.stats.errors += 1
-        self.send({"status": "error", "message": message})
-
-    def request_frame_if_idle(self) -> None:
-        """Ask the client for its next frame once nothing of it is waiting or being generated and a
-        stream shows the output (ping-pong: one frame in flight)."""
-        if self.closed or self.frame_requested or not self._manager.is_idle(self):
-            return
-        self.frame_requested = True
-        self.send({"status": "send_frame"})
-
-    def deliver(self, result: Result) -> None:
-        """A frame of this session has been generated (or failed): publish it, ask for the next.
-        Called on the event loop."""
-        if self.closed:
-            return
-        self._manager.metrics.frame_done("live", result)
-        if result.jpeg is not None:
-            self.stats.frames_out += 1
-            self.damaged_frames_in_a_row = 0
-            self.output.publish(result.jpeg)  # the MJPEG streams and viewers
-            for output in self.outputs:  # NDI, Syphon: each takes the pixels on its own thread
-                output.send(result.pixels)
-        else:
-            self.send_error(result.error or "Model error")
-            if result.error_kind == "input":
-                self.damaged_frames_in_a_row += 1
-                if self.damaged_frames_in_a_row >= MAX_DAMAGED_FRAMES_IN_A_ROW:
-                    log.info("session %s: %d damaged frames in a row; closing", self.short_id, self.damaged_frames_in_a_row)
-                    self.send({"status": "error", "message": f"{MAX_DAMAGED_FRAMES_IN_A_ROW} damaged frames in a row: closing"})
-                    self.ended.set()  # the conversation sends what is queued, then closes
-                    return
-        self.request_frame_if_idle()
+        return self.pending is not None and self.streaming and not self.closed
 
 
 class Job:
     """A one-shot job (POST /api/process): one frame, and the future its request awaits."""
 
-    def __init__(self, frame: Frame, reply: asyncio.Future[Result], metrics: Metrics) -> None:
+    def __init__(self, frame: Frame, reply: asyncio.Future[Result]) -> None:
         self.short_id = "one-shot"
         self.pending: Frame | None = frame
         self.in_flight = False
         self.reply = reply
-        self._metrics = metrics
 
     def ready(self) -> bool:
         return self.pending is not None
-
-    def deliver(self, result: Result) -> None:
-        self._metrics.frame_done("process", result)
-        if not self.reply.done():
-            self.reply.set_result(result)
 
 
 Source = Session | Job  # what the worker takes frames from and delivers results to
@@ -214,7 +166,7 @@ class SessionManager:
         self._cond = threading.Condition()
         self._opened = asyncio.Event()  # set (and replaced) whenever a session opens: event loop only
 
-    # --- event loop side ---
+    # --- looking sessions up (event loop) ---
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -226,22 +178,6 @@ class SessionManager:
 
     def get_by_viewer_token(self, token: str) -> Session | None:
         return self._viewers.get(token)
-
-    def open(self, session_id: str, params: ParamsModel) -> Session:
-        """A new session for a canonical user id (see `canonical_user_id`)."""
-        with self._cond:
-            if session_id in self._sessions:
-                raise AlreadyConnected(session_id)
-            if self.max_users and len(self._sessions) >= self.max_users:
-                raise ServerFull()
-            session = Session(session_id, params, self)
-            session.outputs = self.make_outputs()
-            self._sessions[session_id] = session
-            self._viewers[session.viewer_token] = session
-            self._turns.append(session)
-        self._opened.set()
-        self._opened = asyncio.Event()
-        return session
 
     async def wait_for(self, session_id: str, timeout: float) -> Session | None:
         """The session of a user id, waiting up to `timeout` seconds for its websocket to connect: a
@@ -257,20 +193,191 @@ class SessionManager:
                 return None
         return session
 
-    def close(self, session: Session) -> None:
+    def all(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    def counts(self) -> tuple[int, int]:
+        """(streams, viewers) open now, over all sessions."""
+        sessions = self.all()
+        return sum(len(s.streams) for s in sessions), sum(s.viewers for s in sessions)
+
+    # --- a session's life (event loop) ---
+
+    def open(self, session_id: str, params: ParamsModel) -> Session:
+        """A new session for a canonical user id (see `canonical_user_id`)."""
         with self._cond:
+            if session_id in self._sessions:
+                raise AlreadyConnected(session_id)
+            if self.max_users and len(self._sessions) >= self.max_users:
+                raise ServerFull()
+            session = Session(session_id, params, self.make_outputs())
+            self._sessions[session_id] = session
+            self._viewers[session.viewer_token] = session
+            self._turns.append(session)
+        self._opened.set()
+        self._opened = asyncio.Event()
+        return session
+
+    def end(self, session: Session, last_message: dict[str, Any] | None = None) -> None:
+        """End the session, whoever ends it (the client left, a timeout, shutdown, too many bad
+        frames): `last_message` (a reason) and then the end of its messages are queued for the
+        client, its frame is dropped, its streams, viewers and outputs stop, and its user id and
+        viewer link are free. Safe to call again: only the first call does anything."""
+        with self._cond:
+            if session.closed:
+                return
+            if last_message is not None:
+                self._queue(session, last_message)
+            self._queue(session, None)
+            session.closed = True
+            session.pending = None
             if self._sessions.get(session.id) is session:
                 del self._sessions[session.id]
                 del self._viewers[session.viewer_token]  # the viewer link dies with the session
             if session in self._turns:
                 self._turns.remove(session)
-            session.closed = True
-            session.pending = None
             self._cond.notify_all()
+        if session.retry is not None:
+            session.retry.cancel()
         session.ended.set()
         for output in session.outputs:
             output.stop()
         session.output.notify()
+
+    # --- the conversation (event loop) ---
+
+    def send(self, session: Session, message: dict[str, Any]) -> None:
+        """Queue a control message for the client; a client that stops reading is disconnected."""
+        if session.closed:
+            return
+        if not self._queue(session, message):
+            log.warning("session %s: client is not reading its messages; closing", session.short_id)
+            self.end(session)
+
+    def send_error(self, session: Session, message: str) -> None:
+        session.stats.errors += 1
+        self.send(session, {"status": "error", "message": message})
+
+    async def next_message(self, session: Session) -> dict[str, Any] | None:
+        """The next message for the client; None once the session has ended and said all it had to."""
+        return await session.outbox.get()
+
+    def activity(self, session: Session) -> None:
+        """A valid frame (or, for text pipelines, parameters): the client is there; the idle timeout
+        starts again."""
+        session.last_activity_at = time.monotonic()
+
+    def frame_accepted(self, session: Session, frame: Frame) -> None:
+        """The client answered send_frame with a valid frame (or, text pipelines, parameters): it
+        takes the session's slot (latest wins). A text pipeline's unchanged parameters make nothing:
+        the client is asked again a little later, so clients that only answer send_frame still see
+        their changes soon."""
+        session.frame_requested = False
+        if frame.data is None and frame.params is session.params and session.stats.frames_in:
+            self._ask_again_later(session, TEXT_POLL_S)
+            return
+        if frame.params is not session.params:
+            if log.isEnabledFor(logging.DEBUG):
+                changed = {
+                    name: value for name, value in frame.params.model_dump().items()
+                    if getattr(session.params, name) != value
+                }
+                log.debug("session %s: params changed: %s", session.short_id, _short(changed))
+            session.params = frame.params
+        with self._cond:
+            if session.closed:
+                return
+            session.stats.frames_in += 1
+            self.metrics.frames_in_by_source["live"].inc()
+            if session.pending is not None or not session.streaming:
+                session.stats.frames_dropped += 1
+                self.metrics.input_frames_dropped.inc()
+                if session.pending is not None and session.pending.new_source:
+                    frame = replace(frame, new_source=True)  # the replaced frame's news is this one's too
+            # With no stream open the frame is not kept: nobody would see it, and opening a stream
+            # asks the client for a fresh one.
+            session.pending = frame if session.streaming else None
+            self._cond.notify_all()
+        self.send(session, {"status": "wait"})
+
+    def frame_refused(self, session: Session, problem: str) -> None:
+        """A bad message or frame: the client hears why, and is asked for a new frame."""
+        self.send_error(session, problem)
+        session.frame_requested = False
+        self._request_frame_if_idle(session)
+
+    def no_frame_yet(self, session: Session) -> None:
+        """The client answered send_frame with an empty frame (no camera frame yet): ask again
+        shortly. An empty frame nobody asked for changes nothing, so a flood of them costs one timer
+        at most."""
+        if session.frame_requested:
+            session.frame_requested = False
+            self._ask_again_later(session, EMPTY_FRAME_RETRY_S)
+
+    def _ask_again_later(self, session: Session, delay: float) -> None:
+        if session.retry is None and not session.closed:
+            session.retry = asyncio.get_running_loop().call_later(delay, self._retry, session)
+
+    def _retry(self, session: Session) -> None:
+        session.retry = None
+        self._request_frame_if_idle(session)
+
+    def _request_frame_if_idle(self, session: Session) -> None:
+        """Ask the client for its next frame once nothing of it is waiting or being generated and a
+        stream shows the output (ping-pong: one frame in flight)."""
+        if session.closed or session.frame_requested:
+            return
+        with self._cond:
+            idle = session.streaming and session.pending is None and not session.in_flight
+        if idle:
+            session.frame_requested = True
+            self.send(session, {"status": "send_frame"})
+
+    # --- streams and viewers (event loop) ---
+
+    def stream_opened(self, session: Session, *, owner: bool) -> Stream:
+        """A stream of the session's output opens; every open stream gets every frame. Past the bound
+        a stranger's stream is refused (`TooManyStreams`), while the owner's always opens: the oldest
+        stream that is not the owner's makes room (or, if all are, the owner's oldest)."""
+        with self._cond:
+            if len(session.streams) >= MAX_STREAMS_PER_SESSION:
+                if not owner:
+                    raise TooManyStreams(
+                        f"This session has {len(session.streams)} streams open; the limit is {MAX_STREAMS_PER_SESSION}"
+                    )
+                evicted = next((s for s in session.streams if not s.owner), session.streams[0])
+                evicted.ended = True
+                session.streams.remove(evicted)
+                log.info("session %s: closed its oldest %s stream for one of the owner's", session.short_id,
+                         "owner's" if evicted.owner else "other")
+            stream = Stream(owner)
+            session.streams.append(stream)
+            self._cond.notify_all()
+        session.output.notify()  # an ended stream's response stops
+        if not session.outputs_started and not session.closed:
+            session.outputs_started = True  # the outputs live from the first stream to the session's end
+            for output in session.outputs:
+                output.start(session.id)
+        self._request_frame_if_idle(session)
+        return stream
+
+    def stream_closed(self, session: Session, stream: Stream) -> None:
+        with self._cond:
+            if stream in session.streams:
+                session.streams.remove(stream)
+            if not session.streaming:
+                session.pending = None  # nobody watches: not kept (see frame_accepted)
+                session.frame_requested = False
+
+    def viewer_opened(self, session: Session) -> None:
+        if session.viewers >= self.max_viewers:
+            raise TooManyStreams(f"This session has {session.viewers} viewers; the limit is {self.max_viewers}")
+        session.viewers += 1
+
+    def viewer_closed(self, session: Session) -> None:
+        session.viewers -= 1
+
+    # --- one-shot jobs (event loop) ---
 
     def submit(self, job: Job) -> None:
         """A one-shot job joins the back of the turn order."""
@@ -286,64 +393,39 @@ class SessionManager:
             if job in self._turns:
                 self._turns.remove(job)
 
-    def offer(self, session: Session, frame: Frame) -> None:
-        """Put a frame in the session's slot; a frame still waiting there is replaced (latest wins).
-        With no stream open the frame is not kept: nobody would see it, and opening a stream asks
-        the client for a fresh one."""
-        with self._cond:
-            if session.closed:
-                return
-            session.stats.frames_in += 1
-            self.metrics.frames_in_by_source["live"].inc()
-            if session.pending is not None or not session.streaming:
-                session.stats.frames_dropped += 1
-                self.metrics.input_frames_dropped.inc()
-            session.pending = frame if session.streaming else None
-            self._cond.notify_all()
+    # --- results (event loop) ---
 
-    def open_stream(self, session: Session) -> None:
-        """A stream of the session's output opens; every open stream gets every frame."""
-        with self._cond:
-            if session.streams >= MAX_STREAMS_PER_SESSION:
-                raise TooManyStreams(
-                    f"This session has {session.streams} streams open; the limit is {MAX_STREAMS_PER_SESSION}"
-                )
-            session.streams += 1
-            self._cond.notify_all()
-        if not session.outputs_started and not session.closed:
-            session.outputs_started = True  # the outputs live from the first stream to the session's end
-            for output in session.outputs:
-                output.start(session.id)
+    def deliver(self, source: Source, result: Result) -> None:
+        """A frame has been generated (or failed): a job's request gets it; a session publishes it to
+        its streams, viewers and outputs and is asked for its next frame."""
+        if isinstance(source, Job):
+            self.metrics.frame_done("process", result)
+            if not source.reply.done():
+                source.reply.set_result(result)
+            return
+        session = source
+        if session.closed:
+            return
+        self.metrics.frame_done("live", result)
+        if result.jpeg is not None:
+            session.stats.frames_out += 1
+            session.damaged_frames_in_a_row = 0
+            session.output.publish(result.jpeg)  # the MJPEG streams and viewers
+            for output in session.outputs:  # NDI, Syphon: each takes the pixels on its own thread
+                output.send(result.pixels)
+        else:
+            self.send_error(session, result.error or "Model error")
+            if result.error_kind == "input":
+                session.damaged_frames_in_a_row += 1
+                if session.damaged_frames_in_a_row >= MAX_DAMAGED_FRAMES_IN_A_ROW:
+                    log.info("session %s: %d damaged frames in a row; closing", session.short_id,
+                             session.damaged_frames_in_a_row)
+                    message = f"{MAX_DAMAGED_FRAMES_IN_A_ROW} damaged frames in a row: closing"
+                    self.end(session, {"status": "error", "message": message})
+                    return
+        self._request_frame_if_idle(session)
 
-    def close_stream(self, session: Session) -> None:
-        with self._cond:
-            session.streams -= 1
-            if not session.streaming:
-                session.pending = None  # nobody watches: not kept (see offer)
-                session.frame_requested = False
-
-    def open_viewer(self, session: Session) -> None:
-        if session.viewers >= self.max_viewers:
-            raise TooManyStreams(f"This session has {session.viewers} viewers; the limit is {self.max_viewers}")
-        session.viewers += 1
-
-    def close_viewer(self, session: Session) -> None:
-        session.viewers -= 1
-
-    def is_idle(self, session: Session) -> bool:
-        """Someone watches, and nothing is waiting or being generated: time to ask for a frame."""
-        with self._cond:
-            return session.streaming and session.pending is None and not session.in_flight
-
-    def all(self) -> list[Session]:
-        return list(self._sessions.values())
-
-    def counts(self) -> tuple[int, int]:
-        """(streams, viewers) open now, over all sessions."""
-        sessions = self.all()
-        return sum(s.streams for s in sessions), sum(s.viewers for s in sessions)
-
-    # --- worker side ---
+    # --- the worker's side (its thread) ---
 
     def take(
         self,
@@ -384,10 +466,12 @@ class SessionManager:
     @staticmethod
     def _batch(ready: list[Source], max_batch: int, key: Callable[[ParamsModel], Any] | None) -> list[Source]:
         first = ready[0]
-        if max_batch == 1 or key is None or not isinstance(first, Session):
+        if max_batch == 1 or key is None or not isinstance(first, Session) or first.pending is None:
             return [first]
-        first_key = key(first.pending.params)  # type: ignore[union-attr]
-        others = [s for s in ready[1:] if isinstance(s, Session) and key(s.pending.params) == first_key]  # type: ignore[union-attr]
+        first_key = key(first.pending.params)
+        others = [
+            s for s in ready[1:] if isinstance(s, Session) and s.pending is not None and key(s.pending.params) == first_key
+        ]
         return [first, *others[: max_batch - 1]]
 
     def _hand_out(self, source: Source) -> tuple[Source, Frame]:
@@ -409,3 +493,17 @@ class SessionManager:
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+
+    # --- internals ---
+
+    @staticmethod
+    def _queue(session: Session, message: dict[str, Any] | None) -> bool:
+        try:
+            session.outbox.put_nowait(message)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+
+def _short(values: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={str(value)[:80]!r}" for name, value in values.items())

@@ -16,33 +16,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from server.origins import machine_addresses, machine_names
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FOLDER = Path.home() / ".cache" / "live-diffusion" / "tls"
 VALID_DAYS = 365
 RENEW_DAYS = 7  # make a new one this long before it expires
-
-
-def machine_names() -> list[str]:
-    names = {"localhost", socket.gethostname(), socket.getfqdn()}
-    return sorted(name for name in names if name)
-
-
-def machine_addresses() -> list[str]:
-    """The IP addresses of this machine's network interfaces (read locally; nothing is sent)."""
-    import psutil
-
-    addresses = {"127.0.0.1", "::1"}
-    for interface in psutil.net_if_addrs().values():
-        for address in interface:
-            if address.family in (socket.AF_INET, socket.AF_INET6):
-                addresses.add(address.address.split("%")[0])  # drop an IPv6 zone
-    return sorted(addresses)
-
-
-def lan_addresses() -> list[str]:
-    """IPv4 addresses other machines can use to reach this one."""
-    return [a for a in machine_addresses() if ipaddress.ip_address(a).version == 4 and not ipaddress.ip_address(a).is_loopback]
 
 
 def _covers(certificate: x509.Certificate, names: list[str], addresses: list[str]) -> bool:

@@ -23,9 +23,10 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from pipelines import Pipeline, batch_key
+from pipelines import Pipeline, SupportsBatch, SupportsStreamMemory, batch_key
+from server.frames import ErrorKind, Frame, Result
 from server.imaging import FrameError, decode_image, encode_jpeg, rgb_pixels
-from server.sessions import ErrorKind, Frame, Result, Session, SessionManager, Source
+from server.sessions import Session, SessionManager, Source
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +75,10 @@ class SimilarityFilter:
 
     def __post_init__(self) -> None:
         # Per session, owned by the worker thread; entries go with their sessions.
-        self._last: weakref.WeakKeyDictionary[Session, tuple[np.ndarray, Frame, Result, int]] = weakref.WeakKeyDictionary()
+        self._last: weakref.WeakKeyDictionary[Session, tuple[np.ndarray, Frame, Outcome, int]] = weakref.WeakKeyDictionary()
 
-    def reuse(self, session: Session, frame: Frame, image: Image.Image) -> Result | None:
-        """The previous result, if this frame may skip the model."""
+    def reuse(self, session: Session, frame: Frame, image: Image.Image) -> Outcome | None:
+        """The previous output, if this frame may skip the model."""
         last = self._last.get(session)
         if last is None:
             return None
@@ -89,9 +90,20 @@ class SimilarityFilter:
         self._last[session] = (previous_thumbnail, previous_frame, previous_result, skips + 1)
         return previous_result
 
-    def remember(self, session: Session, frame: Frame, image: Image.Image, result: Result) -> None:
-        if result.jpeg is not None:
-            self._last[session] = (thumbnail(image), frame, result, 0)
+    def remember(self, session: Session, frame: Frame, image: Image.Image, outcome: Outcome) -> None:
+        if outcome.jpeg is not None:
+            self._last[session] = (thumbnail(image), frame, outcome, 0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one frame in the thread, before it is timed and handed back as a `Result`."""
+
+    jpeg: bytes | None = None
+    pixels: np.ndarray | None = None
+    error: str | None = None
+    error_kind: ErrorKind = "model"
+    reused: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,11 +150,10 @@ class Worker:
         self.frame_deadline = frame_deadline
         self.safety_checker = safety_checker
         # Frames of several users run as one batch only where the pipeline can batch.
-        self.max_batch = max_batch if hasattr(pipeline, "predict_batch") else 1
+        self.max_batch = max_batch if isinstance(pipeline, SupportsBatch) else 1
         self.batch_wait = batch_wait
         self.similarity_filter = similarity_filter
         # Temporal consistency: each session's memory of its stream, for pipelines that keep one.
-        self.keeps_memory = hasattr(pipeline, "new_memory")
         self._memories: weakref.WeakKeyDictionary[Session, Any] = weakref.WeakKeyDictionary()
         self.frames_done = 0  # frames the model generated (not counting re-sent ones)
         self.frames_reused = 0
@@ -216,7 +227,7 @@ class Worker:
         message = f"The model took longer than {self.frame_deadline:g} s for this frame; it was dropped"
         for source, frame in call.jobs:
             self.sessions.finish(source)
-            source.deliver(Result(frame, call.started_at, time.monotonic(), error=message, error_kind="deadline"))
+            self.sessions.deliver(source, Result(frame, call.started_at, time.monotonic(), error=message, error_kind="deadline"))
 
     # --- the thread ---
 
@@ -238,23 +249,21 @@ class Worker:
         with self._lock:
             self._call = _Call(jobs, started_at)
         try:
-            results = self._results(jobs, started_at)
+            outcomes = self._outcomes(jobs)
         except BaseException as error:  # a fault of this code, or the thread is ending: nobody waits for ever
             if isinstance(error, Exception):
                 log.exception("The inference thread failed while serving a frame; it goes on")
             if self._end_call() is not None:
-                now = time.monotonic()
-                self._deliver([(source, _error(frame, now, describe_model_error(error), "model")) for source, frame in jobs])
+                outcomes = [Outcome(error=describe_model_error(error))] * len(jobs)
+                self._deliver(jobs, outcomes, started_at)
             if not isinstance(error, Exception):
                 raise
             return
-        finished_at = time.monotonic()
         if self._end_call() is None:
-            log.warning("The model returned after %.1f s, past the deadline; its frames were dropped", finished_at - started_at)
+            log.warning("The model returned after %.1f s, past the deadline; its frames were dropped",
+                        time.monotonic() - started_at)
             return
-        for result in results:
-            result.finished_at = finished_at
-        self._deliver(list(zip((source for source, _ in jobs), results)))
+        self._deliver(jobs, outcomes, started_at)
 
     def _end_call(self) -> _Call | None:
         """The call that just ended, or None when the supervisor has already given up on it."""
@@ -262,17 +271,20 @@ class Worker:
             call, self._call = self._call, None
         return None if call is None or call.expired else call
 
-    def _deliver(self, results: list[tuple[Source, Result]]) -> None:
-        for source, result in results:
+    def _deliver(self, jobs: list[tuple[Source, Frame]], outcomes: list[Outcome], started_at: float) -> None:
+        finished_at = time.monotonic()
+        for (source, frame), outcome in zip(jobs, outcomes):
+            result = Result(frame, started_at, finished_at, outcome.jpeg, outcome.pixels, outcome.error,
+                            outcome.error_kind, outcome.reused)
             self.sessions.finish(source)
             try:
-                self.loop.call_soon_threadsafe(source.deliver, result)
+                self.loop.call_soon_threadsafe(self.sessions.deliver, source, result)
             except RuntimeError:  # the loop has closed: the server is shutting down
                 return
 
-    def _results(self, jobs: list[tuple[Source, Frame]], started_at: float) -> list[Result]:
-        """One result per job, in order: decoded, generated (or re-sent) and encoded, or an error."""
-        results: list[Result | None] = [None] * len(jobs)
+    def _outcomes(self, jobs: list[tuple[Source, Frame]]) -> list[Outcome]:
+        """One outcome per job, in order: decoded, generated (or re-sent) and encoded, or an error."""
+        outcomes: list[Outcome | None] = [None] * len(jobs)
         images: list[Image.Image | None] = [None] * len(jobs)
         to_generate = []
         for index, (source, frame) in enumerate(jobs):
@@ -283,66 +295,69 @@ class Worker:
                         min_size=_params_size(frame),
                     )
                 except FrameError as error:
-                    results[index] = _error(frame, started_at, str(error), "input")
+                    outcomes[index] = Outcome(error=str(error), error_kind="input")
                     continue
             reused = None
             if self.similarity_filter and isinstance(source, Session) and images[index] is not None:
                 reused = self.similarity_filter.reuse(source, frame, images[index])
             if reused is not None:
-                results[index] = Result(frame, started_at, 0.0, reused.jpeg, reused.pixels, reused=True)
+                outcomes[index] = Outcome(reused.jpeg, reused.pixels, reused=True)
                 self.frames_reused += 1
             else:
                 to_generate.append(index)
         if to_generate:
-            generated = self._generate([jobs[i] for i in to_generate], [images[i] for i in to_generate], started_at)
-            for index, result in zip(to_generate, generated):
-                results[index] = result
-                source = jobs[index][0]
-                if self.similarity_filter and isinstance(source, Session) and images[index] is not None:
-                    self.similarity_filter.remember(source, jobs[index][1], images[index], result)
-        return [result or _error(frame, started_at, "Model error: no result", "model") for result, (_, frame) in zip(results, jobs)]
+            generated = self._generate([jobs[i] for i in to_generate], [images[i] for i in to_generate])
+            for index, outcome in zip(to_generate, generated):
+                outcomes[index] = outcome
+                source, frame = jobs[index]
+                image = images[index]
+                if self.similarity_filter and isinstance(source, Session) and image is not None:
+                    self.similarity_filter.remember(source, frame, image, outcome)
+        return [outcome or Outcome(error="Model error: no result") for outcome in outcomes]
 
-    def _generate(
-        self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None], started_at: float
-    ) -> list[Result]:
+    def _generate(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> list[Outcome]:
         frames = [frame for _, frame in jobs]
         try:
-            if self.keeps_memory:
-                memories = [self._memory(source) for source, _ in jobs]
-                outputs = self.pipeline.predict_batch([f.params for f in frames], images, memories)  # type: ignore[attr-defined]
-            elif len(frames) == 1:
-                outputs = [self.pipeline.predict(frames[0].params, images[0])]
-            else:
-                outputs = self.pipeline.predict_batch([f.params for f in frames], images)  # type: ignore[attr-defined]
+            outputs = self._predict(jobs, images)
             if not isinstance(outputs, list) or len(outputs) != len(frames):
                 count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
                 raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
-            results = []
+            outcomes = []
             for (source, frame), image in zip(jobs, outputs):
                 wants_pixels = isinstance(source, Session) and bool(source.outputs)  # NDI, Syphon
                 image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)
                 jpeg = encode_jpeg(image, self.jpeg_quality)
-                pixels = rgb_pixels(image) if wants_pixels else None
-                results.append(Result(frame, started_at, 0.0, jpeg=jpeg, pixels=pixels))
+                outcomes.append(Outcome(jpeg, rgb_pixels(image) if wants_pixels else None))
             self.frames_done += len(frames)
             self.batches += 1
-            return results
+            return outcomes
         except Exception as error:  # the clients hear of it; their next frames are tried again
             log.exception("Generating %d frame(s) failed", len(frames))
             if _is_out_of_memory(error):
                 _free_gpu_cache()
-            message = describe_model_error(error)
-            return [_error(frame, started_at, message, "model") for frame in frames]
+            return [Outcome(error=describe_model_error(error))] * len(frames)
 
-    def _memory(self, source: Source) -> Any:
-        """The session's stream memory (made on its first frame, gone with the session); none for a
-        one-shot job, which has no stream."""
+    def _predict(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> object:
+        """The pipeline's images for these frames: with each session's stream memory where the pipeline
+        keeps one, as one batch where there are several."""
+        params = [frame.params for _, frame in jobs]
+        if isinstance(self.pipeline, SupportsStreamMemory):
+            memories = [self._memory(self.pipeline, source, frame) for source, frame in jobs]
+            return self.pipeline.predict_batch(params, images, memories)
+        if len(jobs) == 1:
+            return [self.pipeline.predict(params[0], images[0])]
+        assert isinstance(self.pipeline, SupportsBatch)  # max_batch is 1 otherwise
+        return self.pipeline.predict_batch(params, images)
+
+    def _memory(self, pipeline: SupportsStreamMemory, source: Source, frame: Frame) -> Any:
+        """The session's stream memory (made on its first frame and on the first frame of another input,
+        gone with the session); none for a one-shot job, which has no stream."""
         if not isinstance(source, Session):
             return None
-        if source not in self._memories:
-            self._memories[source] = self.pipeline.new_memory()  # type: ignore[attr-defined]
+        if source not in self._memories or frame.new_source:
+            self._memories[source] = pipeline.new_memory()
         return self._memories[source]
 
     @staticmethod
@@ -357,10 +372,6 @@ class Worker:
 
 class PipelineFault(RuntimeError):
     """A pipeline broke its contract (the wrong number, kind or size of images)."""
-
-
-def _error(frame: Frame, started_at: float, message: str, kind: ErrorKind) -> Result:
-    return Result(frame, started_at, 0.0, error=message, error_kind=kind)
 
 
 def _params_size(frame: Frame) -> tuple[int, int] | None:

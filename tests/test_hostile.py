@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import time
 import uuid
 
 import httpx
@@ -428,3 +429,256 @@ def test_a_model_that_ends_its_thread_is_restarted(server):
         await client.close()
 
     run(scenario())
+
+
+# --- holes found by reading the code (issue 16): each test failed before its fix ------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_server():
+    """Bound beyond loopback, as for phones on the LAN, with tight connection limits."""
+    with run_server(
+        "--pipeline", "bench.echo_pipeline", "--host", "0.0.0.0", "--header-timeout", "3",
+        "--max-connections-per-address", "8", "--log-level", "debug",
+    ) as s:
+        yield s
+
+
+def lan_address() -> str:
+    from server.origins import machine_addresses
+
+    addresses = [a for a in machine_addresses() if ":" not in a and not a.startswith("127.")]
+    if not addresses:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    return addresses[0]
+
+
+def test_a_wide_bound_server_answers_only_its_own_names(wide_server):
+    """DNS rebinding on --host 0.0.0.0: a page at http://attacker.example:PORT resolving to this machine."""
+    url = f"{wide_server.http}/api/settings"
+    assert httpx.get(url, headers={"Host": f"attacker.example:{wide_server.port}"}).status_code == 400
+    for host in ("127.0.0.1", "localhost", socket.gethostname(), lan_address()):
+        assert httpx.get(url, headers={"Host": f"{host}:{wide_server.port}"}).status_code == 200, host
+
+
+def test_an_origin_is_the_servers_own_only_with_its_port(wide_server):
+    """A page on another port of this machine (port 80 when none is said) is another origin."""
+    lan, port = lan_address(), wide_server.port
+    url = f"{wide_server.http}/api/viewer-token/{uuid.uuid4()}"
+    for origin, status in [(f"http://{lan}:{port}", 404), (f"http://{lan}", 403), (f"http://{lan}:{port + 1}", 403)]:
+        response = httpx.get(url, headers={"Host": f"{lan}:{port}", "Origin": origin})
+        assert response.status_code == status, (origin, response.text)
+
+
+def test_allowed_hosts_replace_the_machines_names():
+    from server.origins import allowed_hosts
+
+    assert allowed_hosts(["Live.Example.com", "*.studio.example", "fe80::1"]) == sorted(
+        ["live.example.com", "*.studio.example", "[fe80::1]", "localhost", "127.0.0.1", "[::1]"]
+    )
+    default = allowed_hosts([])
+    assert socket.gethostname().lower() in default and "127.0.0.1" in default and "attacker.example" not in default
+
+
+def test_slow_request_headers_are_cut_off(wide_server):
+    """A client that connects and sends nothing, and one that sends its second request's headers a
+    byte at a time on a kept-alive connection: both are disconnected after --header-timeout (3 s),
+    with a line in the log, long before they could finish."""
+
+    async def trickle() -> bool:
+        """True when the server closed the connection before the trickled request was complete."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", wide_server.port)
+        writer.write(f"GET /api/settings HTTP/1.1\r\nHost: 127.0.0.1:{wide_server.port}\r\n\r\n".encode())
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+        slow = f"GET /api/settings HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {'a' * 300}\r\n\r\n".encode()
+        try:
+            for byte in slow:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                try:  # pacing the client; an answer now is the server closing the connection
+                    if await asyncio.wait_for(reader.read(1), 0.1) == b"":
+                        return True
+                except asyncio.TimeoutError:
+                    pass
+            return False
+        except ConnectionError:
+            return True
+        finally:
+            writer.close()
+
+    async def silent() -> bool:
+        reader, writer = await asyncio.open_connection("127.0.0.1", wide_server.port)
+        try:
+            return await asyncio.wait_for(reader.read(1), 60) == b""
+        finally:
+            writer.close()
+
+    async def scenario():
+        return await asyncio.gather(trickle(), silent())
+
+    assert run(scenario()) == [True, True]
+    wide_server.wait_for_log("did not send its request headers within 3 s")
+    assert httpx.get(f"{wide_server.http}/api/settings").status_code == 200
+
+
+def test_connections_from_one_address_are_capped(wide_server):
+    """8 websockets from 127.0.0.1 (--max-connections-per-address 8): a ninth connection is closed
+    as soon as it is made, with a line in the log; once one of the 8 closes, requests go through."""
+
+    async def scenario():
+        clients = [Client(wide_server) for _ in range(8)]
+        for client in clients:
+            assert (await client.connect())["status"] == "connected"
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", wide_server.port)
+            try:
+                assert await asyncio.wait_for(reader.read(1), 30) == b""  # closed at once, not after 3 s of silence
+            except ConnectionError:
+                pass
+            finally:
+                writer.close()
+            await asyncio.to_thread(wide_server.wait_for_log, "refused a connection from 127.0.0.1: 8 connections")
+        finally:
+            await clients[0].close()
+        async with httpx.AsyncClient(timeout=30) as http:
+            while True:  # the server sees the close soon; until then a request may still be refused
+                try:
+                    if (await http.get(f"{wide_server.http}/api/settings")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.05)
+        for client in clients[1:]:
+            await client.close()
+
+    run(scenario())
+    wide_server.wait_for_users(0)
+
+
+def test_the_owner_gets_its_stream_when_strangers_hold_all_the_others(server):
+    """Someone who knows a user id opens the session's 4 streams first; the owner's page (with the
+    stream token its websocket was sent) still gets its stream, in place of a stranger's, and a fifth
+    stranger is refused."""
+
+    async def scenario():
+        owner = Client(server)
+        token = (await owner.connect())["stream_token"]
+        url = f"{server.http}/api/stream/{owner.user_id}"
+        async with httpx.AsyncClient(timeout=60) as http:
+            opened: list[asyncio.Future[int]] = [asyncio.get_running_loop().create_future() for _ in range(4)]
+
+            async def stranger(index: int) -> None:
+                async with http.stream("GET", url) as response:
+                    opened[index].set_result(response.status_code)
+                    async for _ in response.aiter_bytes():
+                        pass
+
+            strangers = [asyncio.create_task(stranger(index)) for index in range(4)]
+            assert await asyncio.wait_for(asyncio.gather(*opened), 30) == [200] * 4
+            assert (await http.get(url)).status_code == 429  # a fifth stranger
+            frames = asyncio.create_task(take(mjpeg_frames(server, f"{owner.user_id}?stream_token={token}", http), 1))
+            pump = asyncio.create_task(owner.pump(SMALL))
+            try:
+                done, _ = await asyncio.wait(strangers, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                assert len(done) == 1  # one stranger's stream made room
+                assert jpeg_size((await asyncio.wait_for(frames, 30))[0]) == (256, 256)
+                assert sum(task.done() for task in strangers) == 1
+            finally:
+                pump.cancel()
+                for task in strangers:
+                    task.cancel()
+        await owner.close()
+
+    run(scenario())
+    server.wait_for_users(0)
+
+
+def test_every_spelling_of_a_user_id_is_redacted_from_every_log_line(server):
+    """Any spelling the server accepts (dashes moved or gone, braces, urn:uuid:, upper case, percent-
+    encoded in a path or a query string) is redacted from every line, the access log's included."""
+    user_id = str(uuid.uuid4())
+    digits = user_id.replace("-", "")
+    spellings = [
+        user_id.upper(),
+        "{" + user_id + "}",
+        "urn:uuid:" + user_id,
+        digits,
+        "-".join([digits[:3], digits[3:17], digits[17:30], digits[30:]]),  # dashes moved
+        "%7B" + "%2D".join([digits[:5], digits[5:]]) + "%7D",  # percent-encoded
+        f"%{ord(digits[0]):02X}" + digits[1:],  # a digit percent-encoded
+    ]
+
+    async def scenario():
+        owner = Client(server, spellings[0])
+        await owner.connect()
+        async with httpx.AsyncClient(timeout=30) as http:
+            for spelling in spellings:
+                await http.post(f"{server.http}/api/process?user_id={spelling}", data={"prompt": "x"})
+                await http.get(f"{server.http}/api/viewer-token/{spelling}")
+                intruder = Client(server, spelling)
+                assert "already connected" in (await intruder.connect())["message"]
+                await intruder.close()
+        await owner.close()
+
+    run(scenario())
+    marker = uuid.uuid4().hex[:12]  # not a UUID's 32 digits: shown as is
+    httpx.get(f"{server.http}/api/settings?marker={marker}")
+    server.wait_for_log(marker)
+    lines = "\n".join(server.lines).lower()
+    assert digits[:8] in lines  # sessions can still be told apart
+    from urllib.parse import unquote
+
+    for line in lines.splitlines():
+        assert digits[8:] not in unquote(line).replace("-", ""), line
+
+
+def test_a_flood_of_parameters_with_empty_frames_is_neither_activity_nor_a_timer_each(server):
+    """A client that answers nothing and floods valid parameters with empty frames ("no frame yet"):
+    the session still ends at --idle-timeout (4 s), and it is asked for frames no faster than one
+    retry at a time (one every 20 ms), however fast it floods."""
+
+    async def scenario():
+        client = Client(server)
+        await client.connect()
+        asked = 0
+        ended: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+
+        async def read() -> None:
+            nonlocal asked
+            while True:
+                message = await client.recv(60)
+                if message["status"] == "send_frame":
+                    asked += 1
+                elif message["status"] in ("timeout", "error"):
+                    ended.set_result(message)
+                    return
+
+        async def flood() -> int:
+            sent = 0
+            try:
+                while not ended.done():
+                    for _ in range(20):
+                        await client.send_frame(SMALL, b"")
+                    sent += 20
+                    await asyncio.sleep(0.001)  # let the reader read
+            except websockets.ConnectionClosed:  # the server ended the session: the reader has its reason
+                await asyncio.wait_for(asyncio.shield(ended), 30)
+            return sent
+
+        async with httpx.AsyncClient(timeout=60) as http:
+            stream = asyncio.create_task(take(mjpeg_frames(server, client.user_id, http), 1))  # frames are asked for
+            reader = asyncio.create_task(read())
+            started = time.monotonic()
+            sent = await asyncio.wait_for(flood(), 60)
+            elapsed = time.monotonic() - started
+            stream.cancel()
+            reader.cancel()
+        message = ended.result()
+        assert message["status"] == "timeout" and "4 s" in message["message"], message
+        assert sent > 500, sent  # a flood indeed
+        assert asked <= elapsed / 0.02 + 5, (asked, elapsed, sent)
+
+    run(scenario())
+    server.wait_for_users(0)

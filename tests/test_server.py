@@ -47,7 +47,10 @@ def run(coro):
 def test_a_protocol_client_receives_frames_of_the_requested_size(img2img_server):
     async def scenario():
         client = Client(img2img_server)
-        assert await client.connect() == {"status": "connected", "message": "Connected"}
+        connected = await client.connect()
+        # The anchor's message, plus the token that lets the owner's stream in past other streams.
+        assert {**connected, "stream_token": ""} == {"status": "connected", "message": "Connected", "stream_token": ""}
+        assert len(connected["stream_token"]) >= 20
         assert await client.recv() == {"status": "wait"}
         await client.close()
         async with LiveUser(img2img_server, {"prompt": "a cat", "width": 320, "height": 256}) as user:

@@ -25,17 +25,21 @@ SESSION_ID = "1234abcd-0000-4000-8000-000000000000"
 
 
 class StandInPublisher:
-    """Stands in for a Syphon Metal server: keeps what it is given; optionally slow, or broken."""
+    """Stands in for a Syphon Metal server: keeps what it is given; optionally held up (each publish
+    waits until `gate` is set, as a stalled receiver would hold it), or broken."""
 
-    def __init__(self, name: str, delay: float = 0.0, fail: bool = False) -> None:
+    def __init__(self, name: str, gate: threading.Event | None = None, fail: bool = False) -> None:
         self.name = name
-        self.delay = delay
+        self.gate = gate
         self.fail = fail
         self.frames: list[np.ndarray] = []
+        self.publishing = threading.Event()  # set when a publish has begun
         self.stopped = threading.Event()
 
     def publish(self, rgba: np.ndarray) -> None:
-        time.sleep(self.delay)
+        self.publishing.set()
+        if self.gate is not None:
+            self.gate.wait()
         if self.fail:
             raise RuntimeError("stand-in publisher failure")
         self.frames.append(rgba)
@@ -66,7 +70,7 @@ def frame(value: int, width: int = 64, height: int = 48) -> np.ndarray:
     return pixels
 
 
-def wait_until(condition, timeout: float = 5.0) -> None:
+def wait_until(condition, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "timed out"
@@ -93,28 +97,38 @@ def test_frames_go_out_as_rgba_under_the_session_name():
     assert len(publisher.frames) == 3
 
 
-def test_a_slow_publisher_drops_frames_and_never_slows_the_sender():
-    publishers = Publishers(delay=0.2)
+def test_a_slow_publisher_drops_frames_and_never_holds_up_the_sender():
+    """While the publisher is stuck on a frame, every send returns at once; the frames sent meanwhile
+    replace one another in the slot (each replaced one is dropped and counted), and the newest is the
+    one published once the publisher is free again."""
+    gate = threading.Event()
+    publishers = Publishers(gate=gate)
     metrics = Metrics()
     output = SyphonOutput("Live Diffusion", publisher=publishers, metrics=metrics)
     output.start(SESSION_ID)
-    wait_until(lambda: publishers.made)
-    longest_send = 0.0
-    for value in range(20):
-        started = time.monotonic()
-        output.send(frame(value))
-        longest_send = max(longest_send, time.monotonic() - started)
-        time.sleep(0.01)
-    # Latest wins: the last frame sent is the last published, whatever came between.
-    wait_until(lambda: publishers.made[0].frames and publishers.made[0].frames[-1][0, 0, 0] == 19)
+    try:
+        output.send(frame(0))
+        wait_until(lambda: publishers.made and publishers.made[0].publishing.is_set())  # stuck on frame 0
+
+        sent = threading.Event()  # on another thread: a send that waited for the publisher would hang
+
+        def send_the_rest() -> None:
+            for value in range(1, 20):
+                output.send(frame(value))
+            sent.set()
+
+        threading.Thread(target=send_the_rest, daemon=True).start()
+        assert sent.wait(30), "a send waited for the publisher"
+        assert not gate.is_set() and output.frames_sent == 0  # all 19 sent while frame 0 was still stuck
+        # Frame 1 went into the empty slot; each of frames 2 to 19 replaced the one waiting there.
+        assert output.frames_dropped == 18
+        assert metrics.registry.get_sample_value("live_diffusion_frames_dropped_total", {"stage": "syphon"}) == 18
+    finally:
+        gate.set()
+    wait_until(lambda: output.frames_sent == 2)
     output.stop()
     output.join(5)
-    published = len(publishers.made[0].frames)
-    assert longest_send < 0.05, longest_send
-    # 20 frames in about 0.2 s to a 0.2 s publisher: most were dropped, no backlog was worked through.
-    assert output.frames_dropped >= 10
-    assert published + output.frames_dropped == 20
-    assert metrics.registry.get_sample_value("live_diffusion_frames_dropped_total", {"stage": "syphon"}) == output.frames_dropped
+    assert [int(f[0, 0, 0]) for f in publishers.made[0].frames] == [0, 19]  # latest wins, no backlog
 
 
 def test_a_failing_publisher_is_counted_and_the_output_goes_on():
@@ -170,13 +184,13 @@ def test_sessions_start_their_outputs_with_the_stream_and_stop_them_when_they_en
     sessions = SessionManager(0, outputs=session_outputs)
     session = sessions.open(SESSION_ID, params=None)  # type: ignore[arg-type]
     assert publishers.made == []  # connected, not streaming: no Syphon server yet
-    sessions.open_stream(session)
+    stream = sessions.stream_opened(session, owner=True)
     wait_until(lambda: len(publishers.made) == 1)
-    sessions.close_stream(session)
-    sessions.open_stream(session)  # a reloaded stream keeps the same server
+    sessions.stream_closed(session, stream)
+    sessions.stream_opened(session, owner=True)  # a reloaded stream keeps the same server
     session.outputs[0].send(frame(5))
     wait_until(lambda: made[0].frames_sent == 1)
-    sessions.close(session)
+    sessions.end(session)
     made[0].join(5)
     assert len(publishers.made) == 1 and publishers.made[0].stopped.is_set()
 

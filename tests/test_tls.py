@@ -6,7 +6,7 @@ import httpx
 from cryptography import x509
 
 from bench.live import run_server
-from server import tls
+from server import origins, tls
 
 
 def test_certificate_covers_this_machine_and_is_reused(tmp_path):
@@ -14,7 +14,7 @@ def test_certificate_covers_this_machine_and_is_reused(tmp_path):
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     alt = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "localhost" in alt.get_values_for_type(x509.DNSName)
-    assert {str(a) for a in alt.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1", *tls.lan_addresses()}
+    assert {str(a) for a in alt.get_values_for_type(x509.IPAddress)} >= {"127.0.0.1", *origins.lan_addresses()}
     assert key_path.stat().st_mode & 0o077 == 0  # the key is private
     constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
     assert constraints.critical and not constraints.value.ca  # a leaf, not an authority

@@ -12,7 +12,8 @@ import pytest
 
 from bench.live import camera_jpeg
 from pipelines import batch_key
-from server.sessions import Frame, Job, Session, SessionManager
+from server.frames import Frame
+from server.sessions import Job, Session, SessionManager
 from server.worker import Worker
 from tests.fault_pipeline import InputParams, Pipeline
 
@@ -71,7 +72,7 @@ class Harness:
 
     def streaming_session(self, index: int) -> Session:
         session = self.sessions.open(USER_IDS[index], params())
-        self.sessions.open_stream(session)
+        self.sessions.stream_opened(session, owner=True)
         return session
 
 
@@ -87,8 +88,8 @@ def test_a_session_closing_while_its_batch_is_filled_is_left_out():
         sessions = SessionManager(0)
         first, second = (sessions.open(USER_IDS[i], params()) for i in range(2))
         for session in (first, second):
-            sessions.open_stream(session)
-        sessions.offer(first, frame())
+            sessions.stream_opened(session, owner=True)
+        sessions.frame_accepted(first, frame())
         taken: list[Any] = []
         errors: list[BaseException] = []
 
@@ -101,8 +102,8 @@ def test_a_session_closing_while_its_batch_is_filled_is_left_out():
         thread = threading.Thread(target=take)
         thread.start()
         await asyncio.sleep(0.2)  # let take() reach its wait (the result does not depend on it)
-        sessions.close(first)
-        sessions.offer(second, frame())
+        sessions.end(first)
+        sessions.frame_accepted(second, frame())
         await asyncio.to_thread(thread.join, 10)
         assert errors == []
         assert [source for source, _ in taken] == [second]
@@ -114,11 +115,11 @@ def test_a_pipeline_that_raises_fails_only_its_frames():
     async def scenario():
         async with Harness() as harness:
             failing, fine = harness.streaming_session(0), harness.streaming_session(1)
-            harness.sessions.offer(failing, frame(fail=True))
-            harness.sessions.offer(fine, frame())
+            harness.sessions.frame_accepted(failing, frame(fail=True))
+            harness.sessions.frame_accepted(fine, frame())
             assert await outcome(failing) == "Model error: RuntimeError: stand-in model failure"
             assert await outcome(fine) == "frame"
-            harness.sessions.offer(failing, frame())  # the next frame is generated as before
+            harness.sessions.frame_accepted(failing, frame())  # the next frame is generated as before
             assert await outcome(failing) == "frame"
             assert harness.worker.state().alive and harness.worker.restarts == 0
 
@@ -137,14 +138,14 @@ def test_a_pipeline_that_returns_the_wrong_thing_fails_that_batch(fault, expecte
     async def scenario():
         async with Harness(max_batch=2, batch_wait=10) as harness:
             first, second = harness.streaming_session(0), harness.streaming_session(1)
-            harness.sessions.offer(first, frame(fault=fault))
-            harness.sessions.offer(second, frame(fault=fault))
+            harness.sessions.frame_accepted(first, frame(fault=fault))
+            harness.sessions.frame_accepted(second, frame(fault=fault))
             for session in (first, second):
                 message = await outcome(session)
                 assert expected in message and message.startswith("Model error"), message
             assert harness.worker.batches == 0  # nothing was published as if generated
             for session in (first, second):
-                harness.sessions.offer(session, frame())
+                harness.sessions.frame_accepted(session, frame())
             assert [await outcome(first), await outcome(second)] == ["frame", "frame"]
 
     run(scenario())
@@ -154,9 +155,9 @@ def test_a_hang_past_the_frame_deadline_is_given_up_and_reported():
     async def scenario():
         async with Harness(frame_deadline=0.5) as harness:
             stuck, waiting = harness.streaming_session(0), harness.streaming_session(1)
-            harness.sessions.offer(stuck, frame(delay_ms=4000))
+            harness.sessions.frame_accepted(stuck, frame(delay_ms=4000))
             await asyncio.to_thread(lambda: _wait(lambda: harness.worker.state().busy_s is not None))
-            harness.sessions.offer(waiting, frame())
+            harness.sessions.frame_accepted(waiting, frame())
             message = await outcome(stuck, timeout=3.5)  # before the model returns
             assert message == "The model took longer than 0.5 s for this frame; it was dropped"
             state = harness.worker.state()
@@ -165,7 +166,7 @@ def test_a_hang_past_the_frame_deadline_is_given_up_and_reported():
             assert await outcome(waiting) == "frame"
             assert not harness.worker.state().stalled
             assert stuck.output.seq == 0  # the late image never reached the stream
-            harness.sessions.offer(stuck, frame())
+            harness.sessions.frame_accepted(stuck, frame())
             assert await outcome(stuck) == "frame"
 
     run(scenario())
@@ -176,10 +177,10 @@ def test_a_thread_that_ends_is_restarted():
     async def scenario():
         async with Harness() as harness:
             session = harness.streaming_session(0)
-            harness.sessions.offer(session, frame(fault="end_thread"))
+            harness.sessions.frame_accepted(session, frame(fault="end_thread"))
             assert (await outcome(session)).startswith("Model error: ThreadKiller")
             await asyncio.to_thread(lambda: _wait(lambda: harness.worker.restarts == 1))
-            harness.sessions.offer(session, frame())
+            harness.sessions.frame_accepted(session, frame())
             assert await outcome(session) == "frame"
             assert harness.worker.state().alive
 
@@ -192,7 +193,7 @@ def test_a_dead_thread_reports_not_alive_until_restarted():
         harness = Harness()
         harness.worker.start()
         session = harness.streaming_session(0)
-        harness.sessions.offer(session, frame(fault="end_thread"))
+        harness.sessions.frame_accepted(session, frame(fault="end_thread"))
         assert (await outcome(session)).startswith("Model error: ThreadKiller")
         await asyncio.to_thread(lambda: _wait(lambda: not harness.worker.state().alive))
         assert harness.worker.restarts == 0  # nobody has supervised yet: it says it is dead
@@ -211,9 +212,9 @@ def test_one_shot_jobs_take_turns_with_sessions_and_get_their_errors():
             session = harness.streaming_session(0)
             loop = asyncio.get_running_loop()
             good, bad = loop.create_future(), loop.create_future()
-            harness.sessions.submit(Job(frame(), good, harness.sessions.metrics))
-            harness.sessions.submit(Job(Frame(params(), b"\xff\xd8\xff broken"), bad, harness.sessions.metrics))
-            harness.sessions.offer(session, frame())
+            harness.sessions.submit(Job(frame(), good))
+            harness.sessions.submit(Job(Frame(params(), b"\xff\xd8\xff broken"), bad))
+            harness.sessions.frame_accepted(session, frame())
             assert await outcome(session) == "frame"
             assert (await asyncio.wait_for(good, 30)).jpeg is not None
             broken = await asyncio.wait_for(bad, 30)
@@ -225,13 +226,13 @@ def test_one_shot_jobs_take_turns_with_sessions_and_get_their_errors():
 def test_frames_of_a_session_without_a_stream_are_not_kept():
     sessions = SessionManager(0)
     session = sessions.open(USER_IDS[0], params())
-    sessions.offer(session, frame())
+    sessions.frame_accepted(session, frame())
     assert session.pending is None and session.stats.frames_dropped == 1
-    sessions.open_stream(session)
-    sessions.offer(session, frame())
-    sessions.offer(session, frame())  # latest wins: one frame kept, as sent
+    stream = sessions.stream_opened(session, owner=True)
+    sessions.frame_accepted(session, frame())
+    sessions.frame_accepted(session, frame())  # latest wins: one frame kept, as sent
     assert session.pending is not None and session.stats.frames_dropped == 2
-    sessions.close_stream(session)
+    sessions.stream_closed(session, stream)
     assert session.pending is None
 
 

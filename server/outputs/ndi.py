@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.outputs import OutputUnavailable, ThreadedOutput
+from server.outputs.base import OutputUnavailable, ThreadedOutput
 
 if TYPE_CHECKING:
     from server.metrics import Metrics

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
 
-from server.outputs import OutputUnavailable, ThreadedOutput
+from server.outputs.base import OutputUnavailable, ThreadedOutput
 
 if TYPE_CHECKING:
     from server.metrics import Metrics

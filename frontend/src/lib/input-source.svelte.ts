@@ -36,6 +36,8 @@ function fileType(f: File): 'video' | 'image' | null {
 
 export class InputSource {
 	kind = $state<SourceKind>('camera');
+	/** Changes whenever another camera, screen or file is opened: the server starts its stream memory afresh. */
+	sourceId = 0;
 	cam = $state<CameraPrefs>({ deviceId: '', facingMode: '', resolution: '' });
 	flipH = $state(false);
 	flipV = $state(false);
@@ -216,6 +218,7 @@ export class InputSource {
 		this.#notices.dismiss();
 		const file = { name: f.name, url: URL.createObjectURL(f), type };
 		this.file = file;
+		this.sourceId++;
 		this.kind = 'file';
 		this.label = f.name;
 		this.dims = null;
@@ -309,6 +312,7 @@ export class InputSource {
 
 	async #attach(s: MediaStream): Promise<void> {
 		this.stream = s;
+		this.sourceId++;
 		await tick();
 		const video = this.video;
 		if (!video) return;

@@ -65,15 +65,18 @@ export class OutputStream {
 		this.latency = this.#stats.latency();
 	}
 
-	/** Reads the session's stream until it ends or `close()`; retries a refused or failed opening. */
-	async open(userId: string): Promise<void> {
+	/** Reads the session's stream until it ends or `close()`; retries a refused or failed opening.
+	 * `streamToken` (from the server's "connected") lets it in however many others hold the session's
+	 * streams. */
+	async open(userId: string, streamToken = ''): Promise<void> {
 		this.close();
 		const ac = new AbortController();
 		this.#reading = ac;
 		for (let attempt = 0; !ac.signal.aborted; attempt++) {
 			let res: Response;
 			try {
-				res = await fetch(`/api/stream/${encodeURIComponent(userId)}`, { signal: ac.signal, cache: 'no-store' });
+				const query = streamToken ? `?stream_token=${encodeURIComponent(streamToken)}` : '';
+				res = await fetch(`/api/stream/${encodeURIComponent(userId)}${query}`, { signal: ac.signal, cache: 'no-store' });
 			} catch {
 				if (ac.signal.aborted) return;
 				if (attempt >= 3) return;
@@ -90,7 +93,7 @@ export class OutputStream {
 							key: 'stream',
 							level: 'error',
 							...streamRefusedNotice(res.status, body),
-							action: { label: 'Show it here again', run: () => void (this.#isLive(userId) && this.open(userId)) }
+							action: { label: 'Show it here again', run: () => void (this.#isLive(userId) && this.open(userId, streamToken)) }
 						});
 					}
 					return;

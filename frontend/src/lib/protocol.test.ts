@@ -135,6 +135,17 @@ describe('LiveClient', () => {
 		expect(t.timers.pending).toBe(0); // connect timer cleared
 	});
 
+	it("passes on the stream token of the server's connected message (none from the anchor's server)", () => {
+		t.client.connect();
+		t.sock.open();
+		t.sock.msg({ status: 'connected', message: 'Connected', stream_token: 'tok-1' });
+		expect(t.events.find((e) => e.type === 'connected')).toEqual({ type: 'connected', message: 'Connected', streamToken: 'tok-1' });
+		const other = setup();
+		other.client.connect();
+		accept(other);
+		expect(other.events.find((e) => e.type === 'connected')).toEqual({ type: 'connected', message: 'Connected', streamToken: '' });
+	});
+
 	it('answers send_frame with next_frame, all params, then the JPEG, in order', async () => {
 		t.client.connect();
 		accept(t);
@@ -146,6 +157,27 @@ describe('LiveClient', () => {
 		expect(t.sock.sent[2]).toEqual(new Uint8Array([0xff, 0xd8, 1, 2, 3]));
 		const sent = t.events.find((e) => e.type === 'frame-sent');
 		expect(sent).toMatchObject({ bytes: 5, empty: false });
+	});
+
+	it('says new_source with the first frame of another input, and only then', async () => {
+		let source = 1;
+		t = setup({ sourceId: () => source });
+		t.client.connect();
+		accept(t);
+		const statuses: unknown[] = [];
+		for (const next of [1, 1, 2, 2]) {
+			source = next;
+			t.sock.sent.length = 0;
+			t.sock.msg({ status: 'send_frame' });
+			await flush();
+			statuses.push(JSON.parse(t.sock.sent[0] as string));
+		}
+		expect(statuses).toEqual([
+			{ status: 'next_frame' },
+			{ status: 'next_frame' },
+			{ status: 'next_frame', new_source: true },
+			{ status: 'next_frame' }
+		]);
 	});
 
 	it('captures only when asked: one frame per send_frame', async () => {

@@ -2,10 +2,13 @@
  * The websocket protocol client (the de-facto protocol of Real-Time-Latent-Consistency-Model):
  *
  *   server → client  {"status":"connected"} | {"status":"wait"} | {"status":"send_frame"}
+ *                    ("connected" may carry "stream_token": the session's own stream opens with it,
+ *                    however many other streams of the session are open)
  *                    {"status":"timeout","message"} | {"status":"error","message"}
  *   client → server  only in reply to send_frame: {"status":"next_frame"}, then the JSON of all
  *                    parameter values, then (image pipelines) one binary JPEG; an empty binary
- *                    message means "no frame yet".
+ *                    message means "no frame yet". The first frame of another input (camera,
+ *                    screen, file) says so: {"status":"next_frame","new_source":true}.
  *
  * The socket is injected so the state machine can be unit-tested with a fake.
  */
@@ -40,8 +43,9 @@ export type FrameData = Blob | ArrayBuffer | Uint8Array;
 
 export type ClientEvent =
 	| { type: 'state'; state: ClientState }
-	/** The server accepted the session: the output stream can be requested now. */
-	| { type: 'connected'; message: string }
+	/** The server accepted the session: the output stream can be requested now (with the stream
+	 * token, when the server sent one). */
+	| { type: 'connected'; message: string; streamToken: string }
 	| { type: 'frame-sent'; at: number; bytes: number; empty: boolean }
 	/** A server error message; the session goes on unless an `ended` event follows. */
 	| { type: 'server-error'; message: string }
@@ -54,6 +58,8 @@ export interface LiveClientOptions {
 	getParams: () => Record<string, unknown>;
 	/** One encoded frame, or null when the source has none yet. Not called for text pipelines. */
 	getFrame?: () => Promise<FrameData | null>;
+	/** Which input the frames come from (read after each frame); a change is sent as `new_source`. */
+	sourceId?: () => number;
 	onEvent: (ev: ClientEvent) => void;
 	createSocket?: (url: string) => SocketLike;
 	/** Give up when the socket is not open after this long (ms). */
@@ -78,6 +84,7 @@ export class LiveClient {
 	private lastWs: SocketLike | null = null;
 	private connectTimer: unknown = null;
 	private frameRequested = false;
+	private lastSourceId: number | null = null;
 	private pumping = false;
 	private lastError: string | null = null;
 	private serverClosing: { reason: EndReason; message: string } | null = null;
@@ -148,7 +155,7 @@ export class LiveClient {
 	private onMessage(data: unknown) {
 		if (this.state === 'ended') return;
 		if (typeof data !== 'string') return; // the server sends no binary messages
-		let msg: { status?: unknown; message?: unknown };
+		let msg: { status?: unknown; message?: unknown; stream_token?: unknown };
 		try {
 			msg = JSON.parse(data);
 		} catch {
@@ -158,7 +165,7 @@ export class LiveClient {
 		const message = typeof msg.message === 'string' ? msg.message : '';
 		switch (msg.status) {
 			case 'connected':
-				this.markConnected(message || 'Connected');
+				this.markConnected(message || 'Connected', typeof msg.stream_token === 'string' ? msg.stream_token : '');
 				break;
 			case 'wait':
 				// Some servers send only "wait" at accept; either one means the session is up.
@@ -191,14 +198,14 @@ export class LiveClient {
 		}
 	}
 
-	private markConnected(message: string) {
+	private markConnected(message: string, streamToken = '') {
 		if (this.state !== 'connecting') return;
 		if (this.connectTimer !== null) {
 			this.o.clearTimer(this.connectTimer);
 			this.connectTimer = null;
 		}
 		this.setState('connected');
-		this.o.onEvent({ type: 'connected', message });
+		this.o.onEvent({ type: 'connected', message, streamToken });
 	}
 
 	/** Answer send_frame requests, one at a time, in order. */
@@ -228,7 +235,11 @@ export class LiveClient {
 				} catch {
 					params = {};
 				}
-				ws.send(JSON.stringify({ status: 'next_frame' }));
+				// The server starts its memory of the stream afresh (temporal consistency) on another input.
+				const sourceId = frame ? this.o.sourceId?.() : undefined;
+				const newSource = sourceId !== undefined && this.lastSourceId !== null && sourceId !== this.lastSourceId;
+				if (sourceId !== undefined) this.lastSourceId = sourceId;
+				ws.send(JSON.stringify(newSource ? { status: 'next_frame', new_source: true } : { status: 'next_frame' }));
 				ws.send(JSON.stringify(params));
 				if (this.o.inputMode === 'image') {
 					ws.send(frame ?? new ArrayBuffer(0));

@@ -18,10 +18,12 @@ export interface SessionHooks {
 	params(): ParamValues;
 	/** One JPEG of the input, or null when there is none yet. */
 	frame(): Promise<Blob | null>;
+	/** Which input the frames come from; a new value tells the server the scene changed. */
+	sourceId?(): number;
 	/** A new session with this user id is about to connect. */
 	onConnecting(userId: string): void;
 	/** The server accepted the session: its output stream can be opened. */
-	onLive(userId: string): void;
+	onLive(userId: string, streamToken: string): void;
 	/** An input went out that an output frame will answer (latency is measured from `at`). */
 	onInputSent(at: number): void;
 	/** An error the server reported; the session goes on. */
@@ -40,6 +42,8 @@ export class LiveSession {
 	phase = $state<Phase>('idle');
 	/** The user id of the current or last session. */
 	userId = '';
+	/** Opens this session's output stream past any others (from the server's "connected"). */
+	streamToken = '';
 	/** The parameter values sent last (a snapshot records them). */
 	lastSentParams: ParamValues = {};
 	/** Inputs sent in this session that wait for an output. */
@@ -97,6 +101,7 @@ export class LiveSession {
 			inputMode: this.#hooks.inputMode(),
 			getParams: () => this.#paramsToSend(),
 			getFrame: () => this.#hooks.frame(),
+			sourceId: () => this.#hooks.sourceId?.() ?? 0,
 			onEvent: (e) => this.#onClientEvent(client, e)
 		});
 		this.#client = client;
@@ -123,7 +128,8 @@ export class LiveSession {
 		switch (e.type) {
 			case 'connected':
 				this.phase = 'live';
-				this.#hooks.onLive(this.userId);
+				this.streamToken = e.streamToken;
+				this.#hooks.onLive(this.userId, e.streamToken);
 				break;
 			case 'frame-sent':
 				// A text pipeline generates only when the parameters change: only such sends wait

@@ -1,0 +1,37 @@
+"""What flows through the server: a `Frame` (a client's image and the parameters to draw it with) and
+the worker's `Result` for it (an encoded JPEG, or an error). Plain values, made once, never patched."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipelines import ParamsModel
+
+ErrorKind = Literal["input", "model", "deadline"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    params: ParamsModel
+    data: bytes | None  # the image as the client sent it (JPEG, or PNG for one-shot jobs); None for text pipelines
+    received_at: float = field(default_factory=time.monotonic)
+    new_source: bool = False  # the first frame of another input (camera, screen, file): the stream starts afresh
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the worker made of a frame: an encoded JPEG (and its pixels, for the outputs), or an error."""
+
+    frame: Frame
+    started_at: float
+    finished_at: float
+    jpeg: bytes | None = None
+    pixels: np.ndarray | None = None  # the same frame as RGB pixels (read-only), for the outputs
+    error: str | None = None
+    error_kind: ErrorKind = "model"
+    reused: bool = False  # the similarity filter re-sent the previous output
