@@ -207,10 +207,37 @@ def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0) -> ControlNetMode
                 torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
     return _ready(controlnet)
 
+FLAGGED_SQUARES = 8  # the miniature safety checker's one "concept": an 8 x 8 checkerboard
+FLAGGED_THRESHOLD = 0.9  # cosine similarity to it above which a frame is flagged
+
+def tiny_flagged_image(width: int = 256, height: int = 256):
+    """The one kind of picture the miniature safety checker flags: a black-and-white checkerboard of
+    8 x 8 squares filling the centre square of the frame (the part the checker looks at)."""
+    import numpy as np
+    from PIL import Image
+
+    side = min(width, height)
+    y, x = np.mgrid[0:height, 0:width]
+    y, x = y - (height - side) // 2, x - (width - side) // 2  # the squares line up with the centre square
+    white = ((x * FLAGGED_SQUARES // side + y * FLAGGED_SQUARES // side) % 2).astype(bool)
+    return Image.fromarray(np.where(white[..., None], 255, 0).astype(np.uint8).repeat(3, axis=-1))
+
 def tiny_safety_checker(seed: int = 0):
     """(StableDiffusionSafetyChecker, CLIPImageProcessor) on 32x32 crops, standing in for
-    CompVis/stable-diffusion-safety-checker. Its concept thresholds are the real class's defaults."""
+    CompVis/stable-diffusion-safety-checker.
+
+    With random weights and the real class's default concepts (all-ones embeddings, thresholds 1)
+    nothing is ever flagged, so a test could not tell whether frames went through the checker. The
+    miniature one therefore has one concept that it recognises: `tiny_flagged_image()`, a
+    checkerboard; every other picture passes. A random CLIP model maps all pictures to much the same
+    direction (cosine similarities 0.6 to 0.99 between a checkerboard, plain colours, camera frames
+    and noise), so that common direction is taken out of the projection first (measured from three
+    plain grey frames); what is left tells the checkerboard apart (similarity 1, under 0.4 for the
+    others), and it is concept 0, with threshold FLAGGED_THRESHOLD. The other 16 concepts and the 3
+    "special care" ones keep the class's defaults, which match nothing.
+    """
     from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from PIL import Image
     from transformers import CLIPConfig, CLIPImageProcessor
 
     clip = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2}
@@ -220,9 +247,20 @@ def tiny_safety_checker(seed: int = 0):
         projection_dim=16,
     )
     with _seeded(seed):
-        checker = StableDiffusionSafetyChecker(config)
+        checker = _ready(StableDiffusionSafetyChecker(config))
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    return _ready(checker), processor
+
+    def pooled(images) -> torch.Tensor:
+        return checker.vision_model(processor(images=images, return_tensors="pt").pixel_values)[1]
+
+    with torch.no_grad():
+        projection = checker.visual_projection.weight  # (projection_dim, hidden)
+        greys = [Image.new("RGB", (32, 32), (v, v, v)) for v in (0, 128, 255)]
+        common = torch.nn.functional.normalize((pooled(greys) @ projection.T).mean(0), dim=0)
+        projection -= torch.outer(common, common) @ projection
+        checker.concept_embeds[0] = checker.visual_projection(pooled([tiny_flagged_image()]))[0]
+        checker.concept_embeds_weights[0] = FLAGGED_THRESHOLD
+    return checker, processor
 
 def tiny_lora(unet: UNet2DConditionModel, seed: int = 0, rank: int = 4) -> dict[str, torch.Tensor]:
     """A random LoRA for `unet`'s attention projections, as the state dict `load_lora_weights`

@@ -5,15 +5,15 @@ sessions; too many requests at once get 503."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-import time
 
 import httpx
 import pytest
 import simplejpeg
 from PIL import Image
 
-from bench.live import Client, camera_jpeg, jpeg_size, mjpeg_frames, run_server, take
+from bench.live import LiveUser, camera_jpeg, jpeg_size, run_server
 
 ECHO = ("--pipeline", "bench.echo_pipeline")
 SMALL = {"width": "256", "height": "256"}
@@ -166,38 +166,56 @@ def test_too_many_requests_at_once_get_503(server):
     assert post(server, files={"file": ("a.jpg", JPEG)}, data=SMALL).status_code == 200  # the places are free again
 
 
-def test_shares_the_model_fairly_with_a_live_session(server):
-    """A one-shot request waits for at most one frame of a busy live session, and the live session
-    keeps getting frames while scripts send one request after another."""
+async def live_frames_out(server, http: httpx.AsyncClient) -> float:
+    """Frames the server has generated for live sessions so far (its own counter)."""
+    for line in (await http.get(f"{server.http}/metrics")).text.splitlines():
+        if line.startswith('live_diffusion_frames_out_total{source="live"} '):
+            return float(line.split()[1])
+    raise AssertionError("live_diffusion_frames_out_total{source=\"live\"} not in /metrics")
+
+
+def test_shares_the_model_fairly_with_live_sessions(server):
+    """Requests and live sessions take turns. Two live sessions (each always has its next frame ready
+    by the time the model is free) and two scripts sending requests back to back: a request waits
+    for at most the frame in progress and one frame of each session, and the sessions keep getting
+    frames while the scripts go on. Counted in frames, from the server's own counter, not timed."""
+    sessions, scripts, requests_each = 2, 2, 3
+    live = {"delay_ms": 150, "width": 256, "height": 256}
 
     async def scenario():
-        client = Client(server)
-        await client.connect()
-        async with httpx.AsyncClient(timeout=60) as http:
-            stream = mjpeg_frames(server, client.user_id, http)
-            pump = asyncio.create_task(client.pump({"delay_ms": 300, "width": 256, "height": 256}))
-            await take(stream, 1)
-            live_frames = asyncio.create_task(take(stream, 1000, timeout=30))
-            waits = []
-            for _ in range(4):
-                started = time.monotonic()
-                response = await http.post(
-                    f"{server.http}/api/process", files={"file": ("a.jpg", JPEG)}, data={"delay_ms": "300", **SMALL}
-                )
-                assert response.status_code == 200
-                waits.append(time.monotonic() - started)
-            health = (await http.get(f"{server.http}/api/health")).json()
-            pump.cancel()
-            await client.close()
-            live = await asyncio.wait_for(live_frames, 10)  # the stream ends with the session
-        return waits, live, health
+        async with httpx.AsyncClient(timeout=90) as http, contextlib.AsyncExitStack() as stack:
+            users = [await stack.enter_async_context(LiveUser(server, live)) for _ in range(sessions)]
+            for user in users:
+                await user.frames(1)  # streaming
+            drains = [asyncio.create_task(user.frames(10_000, timeout=600)) for user in users]
 
-    waits, live, health = asyncio.run(scenario())
-    # Each request: its own 0.3 s plus at most the live frame in progress (0.3 s), plus some slack.
-    assert max(waits) < 1.5, waits
-    # Round-robin: the live session had a turn between the one-shot requests.
-    assert len(live) >= 3, len(live)
-    assert health["users"] == 1  # one-shot jobs are not users
+            async def script() -> list[tuple[int, float]]:
+                seen = []
+                for _ in range(requests_each):
+                    before = await live_frames_out(server, http)
+                    response = await http.post(
+                        f"{server.http}/api/process", files={"file": ("a.jpg", JPEG)}, data={"delay_ms": "150", **SMALL}
+                    )
+                    seen.append((response.status_code, await live_frames_out(server, http) - before))
+                return seen
+
+            started = await live_frames_out(server, http)
+            results = await asyncio.gather(*(script() for _ in range(scripts)))
+            during = await live_frames_out(server, http) - started
+            health = (await http.get(f"{server.http}/api/health")).json()
+            for drain in drains:
+                drain.cancel()
+            await asyncio.gather(*drains, return_exceptions=True)
+        return results, during, health
+
+    results, during, health = asyncio.run(scenario())
+    assert all(status == 200 for script in results for status, _ in script), results
+    # Ahead of a request in the turn order: the live frame in progress, and each session once. One
+    # more frame may finish between each reading of the counter and the request's start or end.
+    assert max(frames for script in results for _, frames in script) <= 1 + sessions + 2, results
+    # Between one request of a script and its next, each session had its turn.
+    assert during >= sessions * (requests_each - 1), (during, results)
+    assert health["users"] == sessions  # one-shot jobs are not users
 
 
 def test_openapi_documents_the_endpoint(server):

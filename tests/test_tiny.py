@@ -22,7 +22,18 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import load_file
 
-from pipelines._tiny import tiny_controlnet, tiny_sd15, tiny_sd21, tiny_sdxl, tiny_taesd, tiny_taesdxl, tiny_tokenizer
+from pipelines import ModelOptions
+from pipelines._safety import SafetyChecker
+from pipelines._tiny import (
+    tiny_controlnet,
+    tiny_flagged_image,
+    tiny_sd15,
+    tiny_sd21,
+    tiny_sdxl,
+    tiny_taesd,
+    tiny_taesdxl,
+    tiny_tokenizer,
+)
 from tests.single_file import save_single_file
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -166,12 +177,32 @@ VAES = {
 
 @pytest.mark.parametrize("name", VAES)
 def test_vaes_have_latent_scale_factor_8(name):
+    """As the real VAEs: a 64x64 image encodes to 8x8 latents, and 8x8 latents decode to 64x64."""
     vae = VAES[name]()
-    assert 2 ** (len(vae.config.block_out_channels) - 1) == 8  # how the pipelines compute it
     with torch.no_grad():
         encoded = vae.encode(torch.zeros(1, 3, 64, 64))
-    latents = encoded.latents if isinstance(vae, AutoencoderTiny) else encoded.latent_dist.mean
+        latents = encoded.latents if isinstance(vae, AutoencoderTiny) else encoded.latent_dist.mean
+        decoded = vae.decode(torch.zeros(1, 4, 8, 8)).sample
     assert latents.shape == (1, 4, 8, 8)
+    assert decoded.shape == (1, 3, 64, 64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_safety_checker_flags_its_checkerboard_at_any_size_and_nothing_else(dtype):
+    """The miniature safety checker's one concept is `tiny_flagged_image()`, a checkerboard (as the
+    real one's are nudity): flagged frames come out black, all others pass untouched."""
+    checker = SafetyChecker(ModelOptions(tiny=True), torch.device("cpu"), dtype)
+    for size in [(256, 256), (320, 240), (240, 320), (64, 48)]:
+        flagged = checker(tiny_flagged_image(*size))
+        assert flagged.size == size and np.asarray(flagged).max() == 0, size
+    y, x = np.mgrid[0:240, 0:320]
+    gradient = np.stack([x * 255 // 320, y * 255 // 240, np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    squares = (np.arange(256)[:, None] // 64 + np.arange(256)[None, :] // 64) % 2 * 255  # 4 x 4, not 8 x 8
+    ordinary = [image(0, 256), image(1, 64), Image.fromarray(gradient), Image.fromarray(squares.astype(np.uint8)).convert("RGB")]
+    ordinary += [Image.new("RGB", (64, 48), colour) for colour in [(200, 100, 50), (0, 0, 0), (255, 255, 255)]]
+    ordinary.append(Image.fromarray(255 - np.asarray(tiny_flagged_image())))  # the other way round
+    for frame in ordinary:
+        assert checker(frame) is frame
 
 
 # --- pipelines ------------------------------------------------------------------------------

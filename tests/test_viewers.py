@@ -46,6 +46,10 @@ def metric(server, name: str) -> float:
 
 
 def test_three_viewers_get_the_owners_frames_for_one_inference_each(server):
+    """The owner's camera sends six frames, no more: the model runs six times, whatever the number of
+    viewers, and each viewer gets those six outputs, byte for byte, in order."""
+    frames = 6
+
     async def scenario():
         owner = Client(server)
         await owner.connect()
@@ -53,25 +57,28 @@ def test_three_viewers_get_the_owners_frames_for_one_inference_each(server):
             token = await viewer_token(server, owner.user_id, http)
             assert token != owner.user_id and owner.user_id not in token
             # The viewers are watching before the first frame, so they can see every one of them.
-            viewers = [asyncio.create_task(take(view_frames(server, token, http), 6)) for _ in range(3)]
-            await asyncio.to_thread(server.wait_for, lambda health: health["viewers"] == 3)
+            viewers = [asyncio.create_task(take(view_frames(server, token, http), frames)) for _ in range(3)]
+            # Nothing else is on the model: no other session, no model call left over from a test before.
+            await asyncio.to_thread(
+                server.wait_for, lambda h: h["viewers"] == 3 and h["users"] == 1 and h["worker"]["busy_s"] is None
+            )
             watching = metric(server, "live_diffusion_viewers")
             generated_before = server.health()["frames_generated"]
             owner_stream = mjpeg_frames(server, owner.user_id, http)
-            pump = asyncio.create_task(owner.pump(PARAMS))
-            owner_frames = await take(owner_stream, 6)
-            generated = server.health()["frames_generated"] - generated_before
+            pump = asyncio.create_task(owner.pump(PARAMS, frames=frames))  # answers six send_frame, then stops
+            owner_frames = await take(owner_stream, frames)
             viewer_frames = await asyncio.gather(*viewers)
-            pump.cancel()
+            await pump
+            generated = server.health()["frames_generated"] - generated_before
         await owner.close()
         return owner_frames, viewer_frames, generated, watching
 
     owner_frames, viewer_frames, generated, watching = asyncio.run(scenario())
     assert watching == 3
-    assert len(set(owner_frames)) == 6  # six different frames (each camera frame differs)
-    for frames in viewer_frames:
-        assert frames == owner_frames  # the same frames, byte for byte, in the same order
-    assert 6 <= generated <= 7, generated  # one inference per frame (one may be in flight), not four
+    assert len(set(owner_frames)) == frames  # six different frames (each camera frame differs)
+    for seen in viewer_frames:
+        assert seen == owner_frames  # the same frames, byte for byte, in the same order
+    assert generated == len(owner_frames)  # one inference per frame shown, none for the viewers
     assert {jpeg_size(f) for f in owner_frames} == {(256, 256)}
     server.wait_for_users(0)
     assert metric(server, "live_diffusion_viewers") == 0

@@ -7,12 +7,14 @@
 // first test that runs. Any single test runs alone:
 // node --test --test-name-pattern='Stop ends' e2e/live.test.mjs (after `npm run build`).
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, afterEach, beforeEach, describe, it } from 'node:test';
 import {
 	INIT_SCRIPT,
+	PYTHON,
 	ServerProcess,
 	artifact,
 	freePort,
@@ -24,6 +26,26 @@ import {
 
 const FRAME_TIMEOUT = 90_000; // first frames on a slow, loaded 2-core machine
 const IDLE_TIMEOUT_S = 10;
+
+// What Pillow reads from a snapshot: its EXIF (ASCII values are UTF-8 bytes, which Pillow hands over
+// as Latin-1; the UserComment is a character code and UTF-16 in the file's byte order, big-endian
+// here) and its JPEG comment.
+const READ_WITH_PILLOW = `
+import json, sys
+from PIL import Image
+with Image.open(sys.argv[1]) as im:
+    im.load()
+    exif = im.getexif()
+    sub = exif.get_ifd(0x8769)
+    comment = sub.get(0x9286, b"")
+    print(json.dumps({
+        "format": im.format, "size": im.size,
+        "description": exif.get(0x010E, "").encode("latin-1").decode("utf-8"),
+        "software": exif.get(0x0131), "date": exif.get(0x0132), "date_original": sub.get(0x9003),
+        "user_comment_code": comment[:8].decode("latin-1"), "user_comment": comment[8:].decode("utf-16-be"),
+        "comment": im.info.get("comment", b"").decode("utf-8"),
+    }))
+`;
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'ld-e2e-'));
 const clip = writeY4m(path.join(tmp, 'clip.y4m'));
@@ -422,7 +444,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		assert.equal(await streamEndedNote(page).count(), 0);
 	});
 
-	it('a fifth output stream is refused: the page says why, and shows the output once a place is free', async () => {
+	it("the page gets its output though others hold all four of the session's streams", async () => {
 		const page = await livePage();
 		// The page's stream request waits until the test has opened the session's four streams.
 		let release;
@@ -440,22 +462,33 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 			suite.onCleanup(async () => ac.abort());
 			const res = await fetch(`${server.url}/api/stream/${id}`, { signal: ac.signal });
 			assert.equal(res.status, 200, `stream ${i + 1} of 4`);
-			void res.body.pipeTo(new WritableStream()).catch(() => {}); // read, like a viewer
-			others.push(ac);
+			others.push(res.body.pipeTo(new WritableStream()).then(() => 'ended', () => 'ended')); // read, like a viewer
 		}
 		const fifth = await fetch(`${server.url}/api/stream/${id}`);
-		assert.equal(fifth.status, 429);
-		const { detail } = await fifth.json();
-		assert.ok(typeof detail === 'string' && detail.length > 0, 'the server says why');
+		assert.equal(fifth.status, 429, 'a fifth stream without the owner\'s token');
 		release();
+		// The page's stream carries the token its websocket was sent: it opens, in place of the oldest other.
+		await waitForFrames(page, 2);
+		assert.equal(await Promise.race([others[0], new Promise((r) => setTimeout(() => r('open'), 30_000))]), 'ended');
+		assert.equal(await streamEndedNote(page).count(), 0);
+		assert.doesNotMatch(await noticeText(page), /could not be opened/);
+		assert.equal((await (await fetch(`${server.url}/api/health`)).json()).streams, 4);
+	});
+
+	it('a refused output stream: the page says why, and shows the output when asked again', async () => {
+		const page = await livePage();
+		const detail = 'This session has 4 streams open; the limit is 4';
+		await page.route('**/api/stream/**', (route) =>
+			route.fulfill({ status: 429, contentType: 'application/json', body: JSON.stringify({ detail }) })
+		);
+		await startButton(page).click();
+		await waitForState(page, 'live');
 		await waitForNotice(page, /output stream could not be opened/);
 		const text = await noticeText(page);
-		assert.ok(text.includes(detail.replace(/[.\s]+$/, '')), `the server's reason on the page: ${text}`);
+		assert.ok(text.includes(detail), `the server's reason on the page: ${text}`);
 		assert.match(text, /HTTP 429/);
 		assert.equal(await page.locator('[data-testid=output-image]').count(), 0);
-		// One of the other streams closes (the server counts 3 left); the page gets its place.
-		others[0].abort();
-		await waitFor(async () => (await (await fetch(`${server.url}/api/health`)).json()).streams === 3, { what: 'a free stream place' });
+		await page.unroute('**/api/stream/**');
 		assert.equal(await debug(page, 'state()'), 'live');
 		await page.getByRole('button', { name: 'Show it here again' }).click();
 		await waitForFrames(page, 2);
@@ -540,16 +573,28 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		assert.equal(Number(await page.locator('#param-strength').inputValue()), props.strength.default);
 	});
 
-	it('space starts and stops, F toggles fullscreen', async () => {
+	it('space starts and stops; the Fullscreen button and F enter fullscreen, F leaves it', async () => {
 		const page = await livePage();
+		// The output pane is the fullscreen element, and the page knows it (its fullscreen look).
+		const fullscreenPane = () =>
+			page.evaluate(() => {
+				const el = document.fullscreenElement;
+				return el === null ? null : `${el.dataset.testid} ${el.classList.contains('fullscreen')}`;
+			});
+		const paneLooksFullscreen = () => page.evaluate(() => document.querySelector('[data-testid=output-pane]').classList.contains('fullscreen'));
 		await page.locator('header h1').click(); // focus outside any field
 		await page.keyboard.press('Space');
 		await waitForState(page, 'live');
 		await waitForFrames(page, 1);
 		await page.keyboard.press('f');
-		await waitFor(() => page.evaluate(() => document.fullscreenElement?.dataset.testid === 'output-pane'), { what: 'fullscreen output' });
+		await waitFor(async () => (await fullscreenPane()) === 'output-pane true', { what: 'fullscreen output (F)' });
 		await page.keyboard.press('f');
-		await waitFor(() => page.evaluate(() => document.fullscreenElement === null), { what: 'fullscreen exit' });
+		await waitFor(async () => (await fullscreenPane()) === null && !(await paneLooksFullscreen()), { what: 'fullscreen exit (F)' });
+		await page.getByRole('button', { name: 'Fullscreen' }).click();
+		await waitFor(async () => (await fullscreenPane()) === 'output-pane true', { what: 'fullscreen output (button)' });
+		// (A synthesised Escape does not reach the browser's own fullscreen handling in headless Chromium.)
+		await page.keyboard.press('f');
+		await waitFor(async () => (await fullscreenPane()) === null && !(await paneLooksFullscreen()), { what: 'fullscreen exit (F again)' });
 		// Space typed into the prompt is text, not a toggle.
 		const prompt = page.locator('#param-prompt');
 		await prompt.focus();
@@ -573,13 +618,21 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		const name = download.suggestedFilename();
 		const seed = Number(await page.locator('[data-param=seed] input.num').inputValue());
 		assert.match(name, new RegExp(`^live-diffusion_img2img_seed${seed}_\\d{8}-\\d{6}\\.jpg$`));
-		const bytes = readFileSync(await download.path());
-		assert.deepEqual([...bytes.subarray(0, 2)], [0xff, 0xd8]);
-		assert.ok(bytes.toString('latin1').includes('Exif\0\0'), 'EXIF segment');
-		const comment = bytes.toString('utf8');
-		assert.ok(comment.includes(JSON.stringify(prompt).slice(1, -1)), 'prompt embedded');
-		assert.ok(comment.includes(`"seed":${seed}`), 'seed embedded');
-		assert.ok(comment.includes('"strength":0.74'), 'parameters embedded');
+		// Read back by another program, as a photo tool would: Pillow.
+		const read = JSON.parse(execFileSync(PYTHON, ['-c', READ_WITH_PILLOW, await download.path()], { encoding: 'utf8' }));
+		assert.equal(read.format, 'JPEG');
+		assert.deepEqual(read.size, [props.width.default, props.height.default]); // the output frame, decodable
+		assert.equal(read.description, prompt); // EXIF ImageDescription
+		assert.match(read.software, /^Live Diffusion/);
+		assert.equal(read.date_original, read.date);
+		assert.equal(read.date.replace(/\D/g, ''), name.match(/_(\d{8})-(\d{6})\.jpg$/).slice(1).join('')); // taken when named
+		assert.equal(read.user_comment_code, 'UNICODE\0');
+		const embedded = JSON.parse(read.user_comment); // EXIF UserComment: all parameters
+		assert.deepEqual(JSON.parse(read.comment), embedded); // and the same as the JPEG comment
+		assert.equal(embedded.pipeline, 'img2img');
+		assert.equal(embedded.prompt, prompt);
+		assert.equal(embedded.seed, seed);
+		assert.equal(embedded.strength, 0.74);
 	});
 
 	it('the pop-out window shows the same output frames', async () => {
