@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-uv_version=0.13.8
+uv_version="$(sed -n 's/^uv==//p' requirements/uv.txt)"  # the one uv of setup.sh and this script
 separate=(controlnet-aux)  # resolved after the rest, within all.txt: it pulls torchvision and timm
 
 uv="${UV:-}"

@@ -28,6 +28,26 @@ for name in "${names[@]}"; do
   locks+=(-r "requirements/$name.txt")
 done
 
+# The web page installs and builds beside the Python set-up: neither needs the other.
+web_page="" web_page_log="$(mktemp)"
+trap 'rm -f "$web_page_log"' EXIT
+if [ -f frontend/package.json ]; then
+  if command -v npm >/dev/null 2>&1; then
+    (
+      if [ ! -d frontend/node_modules ] || [ frontend/package-lock.json -nt frontend/node_modules ]; then
+        echo "setup: installing the web page's packages"
+        npm ci --prefix frontend --no-audit --no-fund
+        touch frontend/node_modules
+      fi
+      echo "setup: building the web page"
+      npm run build --prefix frontend
+    ) > "$web_page_log" 2>&1 &
+    web_page=$!
+  else
+    echo "setup: npm not found: the web page is not built (install Node.js 20 or newer)" >&2
+  fi
+fi
+
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating $venv"
   "$python" -m venv "$venv"
@@ -73,25 +93,28 @@ if torch_wanted; then
   fi
 fi
 
+# uv installs the locked wheels several times faster than pip (in parallel; compiled, as pip does,
+# so that no process compiles them again). torch stays pip's: only pip sees this machine's wheel cache.
 echo "setup: installing the locked dependencies${extras:+ with extras [$extras]}"
-"${pip[@]}" install --quiet --no-deps "${locks[@]}"
-"${pip[@]}" install --quiet --no-deps -e .
+if "$venv/bin/uv" --version >/dev/null 2>&1 || "${pip[@]}" install --quiet -r requirements/uv.txt; then
+  uv=("$venv/bin/uv" pip install --python "$venv/bin/python" --quiet --compile-bytecode --no-deps)
+else
+  echo "setup: uv could not be installed: pip installs the dependencies (slower)" >&2
+  uv=("${pip[@]}" install --quiet --no-deps)
+fi
+"${uv[@]}" "${locks[@]}"
+"${uv[@]}" -e .
 if ! problems="$("${pip[@]}" check)"; then
   echo "$problems" >&2
   echo "setup: the environment does not hold together (a lock file out of date? see scripts/lock.sh)" >&2
   exit 1
 fi
 
-if [ -f frontend/package.json ]; then
-  if command -v npm >/dev/null 2>&1; then
-    if [ ! -d frontend/node_modules ] || [ frontend/package-lock.json -nt frontend/node_modules ]; then
-      echo "setup: installing the web page's packages"
-      npm ci --prefix frontend --no-audit --no-fund
-      touch frontend/node_modules
-    fi
-    echo "setup: building the web page"
-    npm run build --prefix frontend
-  else
-    echo "setup: npm not found: the web page is not built (install Node.js 20 or newer)" >&2
+if [ -n "$web_page" ]; then
+  if ! wait "$web_page"; then
+    cat "$web_page_log" >&2
+    echo "setup: building the web page failed" >&2
+    exit 1
   fi
+  cat "$web_page_log"
 fi
