@@ -50,6 +50,9 @@ cache). Each (clip, setting) is a stream of its own: a fresh memory from `pipe.n
 prompt and seed. The three settings' streams run interleaved frame by frame, in a rotating order, so
 that drift in the machine's speed falls on all three alike.
 
+**Memory**: what each stream's `StreamMemory` holds after the clip (`nbytes()`), beside what
+`pipeline.memory_bytes(params)` said it would hold, asked before the stream's first frame.
+
 **Targets** (judged per clip; never with `--quick`): warp error at 1 at most 0.7 of that at 0;
 cost per frame at 1 at most 1.15 of that at 0.
 
@@ -318,6 +321,8 @@ def run_clip(pipeline: Any, name: str, clip: Clip, size: int, clock: Clock, save
 
     params = {s: stream_params(pipeline, name, size, s) for s in SETTINGS}
     memories = {s: pipeline.new_memory() for s in SETTINGS}
+    # what the pipeline says each stream will hold, asked before its first frame
+    estimates = {s: pipeline.memory_bytes(params[s]) if hasattr(pipeline, "memory_bytes") else None for s in SETTINGS}
     outputs: dict[float, list[np.ndarray]] = {s: [] for s in SETTINGS}
     times: dict[float, list[float]] = {s: [] for s in SETTINGS}
     for t, frame in enumerate(clip.frames):
@@ -342,6 +347,8 @@ def run_clip(pipeline: Any, name: str, clip: Clip, size: int, clock: Clock, save
             "seconds": times[s],
             "cost": report.stats(times[s][1:]),
             "memory_bytes": memories[s].nbytes(),
+            "memory_estimate": estimates[s],
+            "scene_cuts": getattr(memories[s], "scene_cuts", 0),
         }
         if save is not None:
             folder = save / name / clip.name / f"tc{s:g}"
@@ -407,12 +414,14 @@ def cost_table(results: list[dict[str, Any]]) -> str:
         st = r["settings"]
         rows.append([r["pipeline"], r["clip"], *(_span(st[f"{s:g}"]["cost"]) for s in SETTINGS),
                      _span(st["0.5"]["cost_ratio_frames"], 2), f"**{_f(st['1']['cost_ratio'])}**",
-                     _span(st["1"]["cost_ratio_frames"], 2), f"{st['1']['memory_bytes'] / 2**20:.1f}"])
+                     _span(st["1"]["cost_ratio_frames"], 2), f"{st['1']['memory_bytes'] / 2**20:.1f}",
+                     "-" if st["1"]["memory_estimate"] is None else f"{st['1']['memory_estimate'] / 2**20:.1f}"])
     headers = ["pipeline", "clip", "tc 0 s/frame", "tc 0.5 s/frame", "tc 1 s/frame", "0.5 / 0 by frame",
-               "1 / 0 (medians)", "1 / 0 by frame", "memory MiB (tc 1)"]
-    return (report.table(headers, rows, "llrrrrrrr")
+               "1 / 0 (medians)", "1 / 0 by frame", "memory MiB (tc 1)", "said before MiB"]
+    return (report.table(headers, rows, "llrrrrrrrr")
             + "\n\nseconds of pipe.predict per frame, median [min-max] over each stream's frames but its first; "
-              "'by frame': ratio of the two streams' times on the same input frame; memory: the stream's StreamMemory")
+              "'by frame': ratio of the two streams' times on the same input frame; memory: the stream's StreamMemory "
+              "after the clip; said before: pipeline.memory_bytes(params), asked before the stream's first frame")
 
 
 def targets(results: list[dict[str, Any]], quick: bool) -> tuple[str, list[dict[str, Any]]]:

@@ -213,9 +213,12 @@ class SupportsBatch(Protocol):
 @runtime_checkable
 class SupportsStreamMemory(Protocol):
     """A pipeline with temporal consistency: it keeps a memory per video stream, made by `new_memory()`
-    and passed with each of the stream's frames."""
+    and passed with each of the stream's frames; `memory_bytes(params)` says what a stream's memory will
+    hold at those parameters (at most `max_bytes`: a memory made or set with that cap holds less)."""
 
-    def new_memory(self) -> Any: ...
+    def new_memory(self, max_bytes: int | None = None) -> Any: ...
+
+    def memory_bytes(self, params: Any, max_bytes: int | None = None) -> int: ...
 
     def predict_batch(self, batch: list[Any], images: list[Any], memories: list[Any]) -> list[Image.Image]: ...
 

@@ -12,6 +12,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from diffusers.pipelines.latent_consistency_models.pipeline_latent_consistency_img2img import (
+    LatentConsistencyModelImg2ImgPipeline,
+)
 from PIL import Image
 
 from pipelines._prompts import PromptEmbeds
@@ -53,6 +56,11 @@ def img2img_steps(steps: int, strength: float) -> int:
     return n
 
 
+def img2img_step_count(steps: int, strength: float) -> int:
+    """How many denoising steps an image-to-image frame runs (the UNet calls, without guidance)."""
+    return int(img2img_steps(steps, strength) * strength)
+
+
 @contextmanager
 def quiet_logger(name: str) -> Iterator[None]:
     """Mute a logger's warnings for the block."""
@@ -71,7 +79,7 @@ def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
     strength stays a continuous knob even at one or two steps."""
     n = img2img_steps(steps, strength)
     scheduler.set_timesteps(n)
-    tail = [int(t) for t in scheduler.timesteps[n - int(n * strength) :]]
+    tail = [int(t) for t in scheduler.timesteps[n - img2img_step_count(steps, strength) :]]
     train_steps = scheduler.config.num_train_timesteps
     first = round(strength * train_steps) - 1
     original_steps = getattr(scheduler.config, "original_inference_steps", None)
@@ -82,18 +90,21 @@ def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
 
 
 def guidance_embedding(unet: Any, guidance_scale: float, batch: int) -> torch.Tensor | None:
-    """LCM-distilled UNets take the guidance scale as an embedding (w - 1, as diffusers' LCM pipelines)."""
+    """LCM-distilled UNets take the guidance scale as an embedding: diffusers' own
+    (`get_guidance_scale_embedding` of w - 1, as its LCM pipelines compute it)."""
     dim = unet.config.time_cond_proj_dim
     if dim is None:
         return None
-    w = torch.full((batch,), (guidance_scale - 1.0) * 1000.0)
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(np.log(10000.0) / (half - 1)))
-    angles = w[:, None] * freqs[None, :]
-    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-    if dim % 2 == 1:
-        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    w = torch.tensor(guidance_scale - 1).repeat(batch)
+    # A method that does not use its pipeline: called on the class, as diffusers' own code has it.
+    embedding = LatentConsistencyModelImg2ImgPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
     return embedding.to(device=unet.device, dtype=unet.dtype)
+
+
+def uses_cfg(unet: Any, guidance_scale: float) -> bool:
+    """Classifier-free guidance (two UNet rows a frame): above 1, for a UNet without a guidance embedding."""
+    return guidance_scale > 1.0 and unet.config.time_cond_proj_dim is None
+
 
 @dataclass(frozen=True)
 class Control:
@@ -138,7 +149,9 @@ def denoise(
     Temporal consistency (pipelines/_temporal.py): with `memories` (one per frame, its stream's, or
     None) and `temporal` above 0, each frame starts from its encoding blended with its stream's
     previous output, and the UNet's self-attention in `bank` also attends to the stream's previous
-    frame; the memories then hold this frame. At 0, the frames are independent.
+    frame, both less where the picture moved (a motion map of the encoded inputs); a stream whose
+    picture changed as a whole starts afresh. The memories then hold this frame. At 0, the frames are
+    independent.
     """
     lengths = [prompt.embeds.shape[1] for prompt in prompts]
     if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
@@ -149,7 +162,7 @@ def denoise(
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = unet.device, unet.dtype
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-    cfg = guidance_scale > 1.0 and unet.config.time_cond_proj_dim is None
+    cfg = uses_cfg(unet, guidance_scale)
 
     if images is None:
         scheduler.set_timesteps(steps, device=device)
@@ -167,8 +180,9 @@ def denoise(
         latents = latents * scheduler.init_noise_sigma
     else:
         latents = encode_latents(vae, images)
+        motions: list[Any] = []
         if remember:
-            latents = blend_previous_output(latents, list(memories), temporal)  # type: ignore[arg-type]
+            latents, motions = blend_previous_output(latents, list(memories), temporal)  # type: ignore[arg-type]
         latents = scheduler.add_noise(latents, noise(latents.shape), timesteps[:1])
     out_height, out_width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
 
@@ -189,7 +203,8 @@ def denoise(
         control_image = torch.cat([control_image] * (batch // len(seeds)))
 
     if bank is not None and remember:
-        bank.start(list(memories), rows_per_frame=2 if cfg else 1, strength=temporal)  # type: ignore[arg-type]
+        bank.start(list(memories), rows_per_frame=2 if cfg else 1, strength=temporal,  # type: ignore[arg-type]
+                   motions=motions, latent_size=(latents.shape[-2], latents.shape[-1]))
     try:
         result = _steps(unet, scheduler, latents, timesteps, embeds, timestep_cond, added_cond, cfg, guidance_scale,
                         generators, control, control_image, bank)

@@ -38,6 +38,14 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16 if cpu_supports_bfloat16() else torch.float32
 
 
+def default_temporal_budget(device: torch.device) -> int:
+    """Bytes the temporal-consistency memories of all streams may hold together unless told otherwise:
+    a tenth of a GPU's memory (the model and its activations need the rest), 1 GiB elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 10
+    return 2**30
+
+
 def optimize(pipe: Any, options: ModelOptions, device: torch.device) -> None:
     """Move to the device (the models are in the run dtype already: loaded or built in it),
     channels_last, and torch.compile when asked."""

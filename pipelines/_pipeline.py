@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from pipelines._base import BatchPipeline, ModelOptions, ParamsModel
-from pipelines._denoise import Control, denoise, images_to_tensor, tensor_to_images
+from pipelines._denoise import Control, denoise, images_to_tensor, img2img_step_count, tensor_to_images, uses_cfg
 from pipelines._device import optimize
 from pipelines._images import crop_to_fill
 from pipelines._loading import swap_in_taesd
 from pipelines._lora import Loras
 from pipelines._prompts import PromptCache
-from pipelines._temporal import FeatureBank, StreamMemory
+from pipelines._temporal import FeatureBank, MemoryPlan, StreamMemory
 
 
 class DiffusersPipeline(BatchPipeline):
@@ -46,9 +46,56 @@ class DiffusersPipeline(BatchPipeline):
         optimize(self.pipe, config, device)
         self.prompts = PromptCache(self.pipe, use_compel=config.compel, sdxl=sdxl)
 
-    def new_memory(self) -> StreamMemory:
-        """A video stream's temporal memory, to pass with each of its frames (`predict(..., memory=)`)."""
-        return StreamMemory()
+    def new_memory(self, max_bytes: int | None = None) -> StreamMemory:
+        """A video stream's temporal memory, to pass with each of its frames (`predict(..., memory=)`);
+        it holds at most `max_bytes` (None: what the parameters need, `memory_bytes`). The cap can be
+        changed later (`memory.max_bytes = ...`), and `memory.reset()` makes the stream start afresh
+        (its source changed)."""
+        return StreamMemory(max_bytes=max_bytes)
+
+    def memory_plan(self, params: Any, max_bytes: int | None = None) -> MemoryPlan:
+        """What a stream's memory will hold at `params` once it has seen a frame, computed before any
+        frame (a pure function of the parameters and the UNet's structure; safe from any thread):
+        bytes in all, the latents' share, the banked layers of the bankable ones. Empty (0 bytes) when
+        `temporal_consistency` is 0 or missing, or for text to image (nothing is carried over).
+        With `max_bytes`, what a memory made with that cap holds (see `memory_bytes`)."""
+        temporal = getattr(params, "temporal_consistency", 0.0)
+        if self.bank is None or not temporal:
+            return MemoryPlan()
+        unet = self.pipe.unet
+        factor = self.pipe.vae_scale_factor
+        latent_size = (-(-params.height // factor), -(-params.width // factor))
+        strength = getattr(params, "strength", 1.0)
+        return self.bank.plan(
+            latent_size,
+            steps=img2img_step_count(params.steps, strength),
+            rows=2 if uses_cfg(unet, getattr(params, "guidance_scale", 0.0)) else 1,
+            element_size=torch.empty((), dtype=unet.dtype).element_size(),
+            channels=unet.config.in_channels,
+            max_bytes=max_bytes,
+        )
+
+    def memory_bytes(self, params: Any, max_bytes: int | None = None) -> int:
+        """The bytes a stream's memory (`StreamMemory.nbytes()`) will hold at `params` from its first
+        frame on, known before any frame is generated: per denoising step run (img2img:
+        int(n * strength) of an n-step schedule) the keys and values of every banked self-attention
+        layer (at most BANK_MAX_TOKENS tokens at this width and height), for each of the frame's
+        UNet rows (2 with classifier-free guidance), plus the two latents; 0 when
+        `temporal_consistency` is 0.
+
+        To keep memory within a budget, the server can either refuse or lower:
+
+            needed = pipeline.memory_bytes(params)
+            if needed > budget:
+                lowered = pipeline.memory_bytes(params, max_bytes=budget)  # cheapest layers that fit
+                if lowered > budget:  # not even the latents (latent feedback alone) fit: refuse
+                    ...
+                else:  # fewer layers banked: what it will hold is `lowered`
+                    memory = pipeline.new_memory(max_bytes=budget)  # or memory.max_bytes = budget
+
+        `max_bytes=0` gives the least a stream can hold with temporal consistency on (its two
+        latents, no bank). `memory_plan` says which layers are banked."""
+        return self.memory_plan(params, max_bytes).nbytes
 
     @torch.inference_mode()
     def predict_batch(
@@ -78,6 +125,8 @@ class DiffusersPipeline(BatchPipeline):
                              params.steps, getattr(params, "strength", 1.0), temporal)
                 if memory is not None and memory.signature != signature:
                     memory.reset(signature)
+            if temporal > 0 and frames is not None:
+                self._plan_banks(batch, memories)
         unet = self.pipe.unet
         output = denoise(
             self.pipe,
@@ -95,3 +144,16 @@ class DiffusersPipeline(BatchPipeline):
             bank=self.bank,
         )
         return tensor_to_images(output)
+
+    def _plan_banks(self, batch: list[Any], memories: list[StreamMemory | None]) -> None:
+        """Each capped memory's banked layers for this frame; what it holds beyond them is dropped."""
+        for params, memory in zip(batch, memories):
+            if memory is None:
+                continue
+            if memory.max_bytes is None:
+                memory.layers = None
+                continue
+            layers = frozenset(self.memory_plan(params, memory.max_bytes).layers)
+            if memory.layers != layers:
+                memory.layers = layers
+                memory.bank = {key: kv for key, kv in memory.bank.items() if key[1] in layers}

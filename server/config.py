@@ -111,6 +111,10 @@ class Config(BaseSettings):
     batch_wait_ms: float = Field(
         10.0, ge=0, le=1000, description="With batching: how long the model may wait for other users' frames on their way"
     )
+    temporal_memory_mb: float | None = Field(
+        None, ge=0, description="MiB all sessions' temporal-consistency memories may hold together; past it a session's is "
+        "lowered or turned off, with a message. Default: a tenth of a GPU's memory, 1024 on a CPU",
+    )
     similarity_filter: bool = Field(
         False, description="Re-send the last output instead of running the model when the camera has barely changed"
     )

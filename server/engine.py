@@ -114,6 +114,7 @@ class LoadedPipeline:
     safety_checker: Callable[[Any], Any] | None
     device: str
     dtype: str
+    temporal_budget: int  # bytes all streams' temporal memories may hold together (--temporal-memory-mb)
 
 
 def load_pipeline(config: Config) -> LoadedPipeline:
@@ -121,7 +122,7 @@ def load_pipeline(config: Config) -> LoadedPipeline:
     import pipelines
 
     module = pipelines.load_module(config.pipeline)  # an unknown name fails here, before torch loads
-    from pipelines._device import resolve_device, resolve_dtype
+    from pipelines._device import default_temporal_budget, resolve_device, resolve_dtype
 
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
@@ -138,7 +139,13 @@ def load_pipeline(config: Config) -> LoadedPipeline:
     log.info("Model loaded in %.1f s; warming up", loaded - started)
     _warm_up(module, pipeline)
     log.info("Warm-up frame took %.2f s", time.perf_counter() - loaded)
-    return LoadedPipeline(module, pipeline, safety_checker, str(device), str(dtype).removeprefix("torch."))
+    if config.temporal_memory_mb is None:
+        temporal_budget = default_temporal_budget(device)
+    else:
+        temporal_budget = int(config.temporal_memory_mb * 2**20)
+    return LoadedPipeline(
+        module, pipeline, safety_checker, str(device), str(dtype).removeprefix("torch."), temporal_budget
+    )
 
 
 def _warm_up(module: Any, pipeline: Any) -> None:

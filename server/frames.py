@@ -35,3 +35,4 @@ class Result:
     error: str | None = None
     error_kind: ErrorKind = "model"
     reused: bool = False  # the similarity filter re-sent the previous output
+    notice: str | None = None  # news for the client beside the frame (its temporal memory lowered, say)

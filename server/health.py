@@ -49,6 +49,8 @@ class HealthResponse(BaseModel):
     frames_generated: int
     frames_reused: int
     batches: int
+    temporal_memory_mb: float = Field(0.0, description="What the sessions' temporal-consistency memories hold")
+    temporal_memory_budget_mb: float = Field(0.0, description="What they may hold together (--temporal-memory-mb)")
     worker: WorkerHealth | None = Field(description="The inference thread; null while starting (and behind the gateway)")
     replicas: list[ReplicaHealth] | None = Field(None, description="Scale-out only: each engine replica")
 
@@ -86,5 +88,7 @@ def health_of(live: LiveServer) -> HealthResponse:
         frames_generated=worker.frames_done if worker else 0,
         frames_reused=worker.frames_reused if worker else 0,
         batches=worker.batches if worker else 0,
+        temporal_memory_mb=round(worker.memories.held / 2**20, 3) if worker and worker.memories else 0.0,
+        temporal_memory_budget_mb=round(live.loaded.temporal_budget / 2**20, 3),
         worker=WorkerHealth(**asdict(state), frame_deadline_s=live.config.frame_deadline) if state else None,
     )

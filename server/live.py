@@ -104,7 +104,10 @@ class LiveServer:
             similarity_filter=(
                 SimilarityFilter(config.similarity_threshold, config.max_skips) if config.similarity_filter else None
             ),
+            temporal_budget=self.loaded.temporal_budget,
         )
+        memories = self.worker.memories
+        self.metrics.count_temporal_memory(lambda: memories.held if memories else 0, self.loaded.temporal_budget)
         self.worker.start()
         supervisor = asyncio.create_task(self.worker.supervise_forever())
         yield

@@ -74,6 +74,12 @@ class Metrics:
         self.errors = Counter(
             f"{PREFIX}_errors", "Errors by kind: input, model, deadline, output, busy", ["kind"], registry=r
         )
+        self.temporal_memory = Gauge(
+            f"{PREFIX}_temporal_memory_bytes", "Bytes the sessions' temporal-consistency memories hold now", registry=r
+        )
+        self.temporal_memory_budget = Gauge(
+            f"{PREFIX}_temporal_memory_budget_bytes", "Bytes they may hold together (--temporal-memory-mb)", registry=r
+        )
         # Every labelled series exists from the start (at 0), so rates work before the first event;
         # the ones counted every frame are looked up once here.
         self.frames_in_by_source = {source: self.frames_in.labels(source) for source in SOURCES}
@@ -85,6 +91,11 @@ class Metrics:
     def count_sessions(self, count: Callable[[], int]) -> None:
         """The sessions gauge reads the live count when scraped."""
         self.sessions.set_function(count)
+
+    def count_temporal_memory(self, held: Callable[[], int], budget: int) -> None:
+        """The temporal memory gauge reads the bytes held when scraped."""
+        self.temporal_memory.set_function(held)
+        self.temporal_memory_budget.set(budget)
 
     def frame_done(self, source: str, result: Result) -> None:
         """A frame came back from the worker; called on the event loop as it is published."""

@@ -407,6 +407,8 @@ class SessionManager:
         if session.closed:
             return
         self.metrics.frame_done("live", result)
+        if result.notice is not None:
+            self.send(session, {"status": "info", "message": result.notice})
         if result.jpeg is not None:
             session.stats.frames_out += 1
             session.damaged_frames_in_a_row = 0

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,7 @@ from pipelines import Pipeline, SupportsBatch, SupportsStreamMemory, batch_key
 from server.frames import ErrorKind, Frame, Result
 from server.imaging import FrameError, decode_image, encode_jpeg, rgb_pixels
 from server.sessions import Session, SessionManager, Source
+from server.stream_memory import StreamMemories
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class Outcome:
     error: str | None = None
     error_kind: ErrorKind = "model"
     reused: bool = False
+    notice: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ class Worker:
         max_batch: int = 1,
         batch_wait: float = 0.0,
         similarity_filter: SimilarityFilter | None = None,
+        temporal_budget: int = 2**30,
     ) -> None:
         self.pipeline = pipeline
         self.sessions = sessions
@@ -154,7 +157,7 @@ class Worker:
         self.batch_wait = batch_wait
         self.similarity_filter = similarity_filter
         # Temporal consistency: each session's memory of its stream, for pipelines that keep one.
-        self._memories: weakref.WeakKeyDictionary[Session, Any] = weakref.WeakKeyDictionary()
+        self.memories = StreamMemories(pipeline, temporal_budget) if isinstance(pipeline, SupportsStreamMemory) else None
         self.frames_done = 0  # frames the model generated (not counting re-sent ones)
         self.frames_reused = 0
         self.batches = 0  # model calls: frames_done / batches is the mean batch size
@@ -275,7 +278,7 @@ class Worker:
         finished_at = time.monotonic()
         for (source, frame), outcome in zip(jobs, outcomes):
             result = Result(frame, started_at, finished_at, outcome.jpeg, outcome.pixels, outcome.error,
-                            outcome.error_kind, outcome.reused)
+                            outcome.error_kind, outcome.reused, outcome.notice)
             self.sessions.finish(source)
             try:
                 self.loop.call_soon_threadsafe(self.sessions.deliver, source, result)
@@ -318,18 +321,18 @@ class Worker:
     def _generate(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> list[Outcome]:
         frames = [frame for _, frame in jobs]
         try:
-            outputs = self._predict(jobs, images)
+            outputs, notices = self._predict(jobs, images)
             if not isinstance(outputs, list) or len(outputs) != len(frames):
                 count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
                 raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
             outcomes = []
-            for (source, frame), image in zip(jobs, outputs):
+            for (source, frame), image, notice in zip(jobs, outputs, notices):
                 wants_pixels = isinstance(source, Session) and bool(source.outputs)  # NDI, Syphon
                 image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)
                 jpeg = encode_jpeg(image, self.jpeg_quality)
-                outcomes.append(Outcome(jpeg, rgb_pixels(image) if wants_pixels else None))
+                outcomes.append(Outcome(jpeg, rgb_pixels(image) if wants_pixels else None, notice=notice))
             self.frames_done += len(frames)
             self.batches += 1
             return outcomes
@@ -339,26 +342,21 @@ class Worker:
                 _free_gpu_cache()
             return [Outcome(error=describe_model_error(error))] * len(frames)
 
-    def _predict(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> object:
-        """The pipeline's images for these frames: with each session's stream memory where the pipeline
-        keeps one, as one batch where there are several."""
+    def _predict(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> tuple[object, list[str | None]]:
+        """The pipeline's images for these frames, with each session's stream memory where the pipeline
+        keeps one (and what its session should hear of it), as one batch where there are several."""
         params = [frame.params for _, frame in jobs]
-        if isinstance(self.pipeline, SupportsStreamMemory):
-            memories = [self._memory(self.pipeline, source, frame) for source, frame in jobs]
-            return self.pipeline.predict_batch(params, images, memories)
+        if self.memories is not None:
+            memories, notices = self.memories.for_frames(jobs)
+            try:
+                return self.memories.pipeline.predict_batch(params, images, memories), notices
+            finally:
+                self.memories.count()
+        notices: list[str | None] = [None] * len(jobs)
         if len(jobs) == 1:
-            return [self.pipeline.predict(params[0], images[0])]
+            return [self.pipeline.predict(params[0], images[0])], notices
         assert isinstance(self.pipeline, SupportsBatch)  # max_batch is 1 otherwise
-        return self.pipeline.predict_batch(params, images)
-
-    def _memory(self, pipeline: SupportsStreamMemory, source: Source, frame: Frame) -> Any:
-        """The session's stream memory (made on its first frame and on the first frame of another input,
-        gone with the session); none for a one-shot job, which has no stream."""
-        if not isinstance(source, Session):
-            return None
-        if source not in self._memories or frame.new_source:
-            self._memories[source] = pipeline.new_memory()
-        return self._memories[source]
+        return self.pipeline.predict_batch(params, images), notices
 
     @staticmethod
     def _checked(frame: Frame, image: object) -> Image.Image:

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0  # how often the gateway asks each replica how it is
 POLL_TIMEOUT_S = 2.0  # a replica that takes longer to answer counts as not alive (yet)
 REPLICA_GONE = "The engine serving this session stopped (it is being restarted): reconnect to go on"
-SUMMED = ("users", "streams", "viewers", "frames_generated", "frames_reused", "batches")
+SUMMED = (
+    "users", "streams", "viewers", "frames_generated", "frames_reused", "batches", "temporal_memory_mb",
+    "temporal_memory_budget_mb",
+)
 
 
 @dataclass

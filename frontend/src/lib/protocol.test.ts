@@ -135,6 +135,15 @@ describe('LiveClient', () => {
 		expect(t.timers.pending).toBe(0); // connect timer cleared
 	});
 
+	it('passes on the server\'s news (info) without taking it for an error', () => {
+		t.client.connect();
+		accept(t);
+		t.sock.msg({ status: 'info', message: 'Temporal consistency lowered' });
+		expect(t.events.filter((e) => e.type === 'server-info')).toEqual([{ type: 'server-info', message: 'Temporal consistency lowered' }]);
+		expect(t.types()).not.toContain('server-error');
+		expect(t.client.state).toBe('connected');
+	});
+
 	it("passes on the stream token of the server's connected message (none from the anchor's server)", () => {
 		t.client.connect();
 		t.sock.open();

@@ -5,6 +5,7 @@
  *                    ("connected" may carry "stream_token": the session's own stream opens with it,
  *                    however many other streams of the session are open)
  *                    {"status":"timeout","message"} | {"status":"error","message"}
+ *                    {"status":"info","message"}: news beside the frames (this server's; not an error)
  *   client → server  only in reply to send_frame: {"status":"next_frame"}, then the JSON of all
  *                    parameter values, then (image pipelines) one binary JPEG; an empty binary
  *                    message means "no frame yet". The first frame of another input (camera,
@@ -49,6 +50,8 @@ export type ClientEvent =
 	| { type: 'frame-sent'; at: number; bytes: number; empty: boolean }
 	/** A server error message; the session goes on unless an `ended` event follows. */
 	| { type: 'server-error'; message: string }
+	/** News from the server that is no error (its temporal memory lowered, say). */
+	| { type: 'server-info'; message: string }
 	| { type: 'ended'; reason: EndReason; message: string; code?: number };
 
 export interface LiveClientOptions {
@@ -193,6 +196,9 @@ export class LiveClient {
 				this.o.onEvent({ type: 'server-error', message: text });
 				break;
 			}
+			case 'info':
+				if (message) this.o.onEvent({ type: 'server-info', message });
+				break;
 			default:
 				break;
 		}

@@ -28,6 +28,8 @@ export interface SessionHooks {
 	onInputSent(at: number): void;
 	/** An error the server reported; the session goes on. */
 	onServerError(message: string): void;
+	/** News from the server that is no error; the session goes on. */
+	onServerInfo?(message: string): void;
 	onEnded(reason: EndReason, message: string): void;
 }
 
@@ -141,6 +143,9 @@ export class LiveSession {
 				break;
 			case 'server-error':
 				this.#hooks.onServerError(e.message);
+				break;
+			case 'server-info':
+				this.#hooks.onServerInfo?.(e.message);
 				break;
 			case 'ended':
 				this.#end(e.reason, e.message);
