@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,12 +31,7 @@ import websockets
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVER_MAIN = REPO_ROOT / "server" / "main.py"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+LISTENING = re.compile(r"Open https?://\S+:(\d+)$")  # the server's log line once it listens
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -45,11 +41,9 @@ def server_env(**extra: str) -> dict[str, str]:
 
 
 class RunningServer:
-    def __init__(self, proc: subprocess.Popen[str], port: int) -> None:
+    def __init__(self, proc: subprocess.Popen[str], port: int = 0) -> None:
         self.proc = proc
-        self.port = port
-        self.http = f"http://127.0.0.1:{port}"
-        self.ws = f"ws://127.0.0.1:{port}"
+        self.port = port  # once it listens (run_server reads it from the log)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()
@@ -58,6 +52,14 @@ class RunningServer:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line.rstrip("\n"))
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def log(self) -> str:
@@ -90,24 +92,26 @@ class RunningServer:
 
 @contextmanager
 def run_server(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 120.0) -> Iterator[RunningServer]:
-    """The real server (`python server/main.py ...`) on a free loopback port, stopped with Ctrl-C."""
-    port = free_port()
+    """The real server (`python server/main.py ...`) on a free loopback port, stopped with Ctrl-C. It
+    picks the port itself (--port 0) and says which: no other process can take it in between."""
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER_MAIN), "--port", str(port), *args],
+        [sys.executable, str(SERVER_MAIN), "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env=env or server_env(),
         cwd=REPO_ROOT / "tests",  # anywhere but the repo root: the server must not care
     )
-    server = RunningServer(proc, port)
+    server = RunningServer(proc)
     deadline = time.monotonic() + startup_timeout
     try:
         while True:
             if proc.poll() is not None:
                 server._reader.join(2)
                 raise AssertionError(f"server exited with {proc.returncode}:\n{server.log[-4000:]}")
-            if any("Open http" in line for line in server.lines):
+            opened = next((match for line in server.lines if (match := LISTENING.search(line))), None)
+            if opened:
+                server.port = int(opened.group(1))
                 break
             if time.monotonic() > deadline:
                 raise AssertionError(f"server did not start:\n{server.log[-4000:]}")

@@ -8,7 +8,6 @@ import asyncio
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +67,8 @@ def offline_env(tmp_path: Path) -> dict[str, str]:
     return server_env(HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="1")
 
 
-def run_main(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    started = time.monotonic()
-    result = subprocess.run(
+def run_main(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(SERVER_MAIN), "--port", "0", *args],
         capture_output=True,
         text=True,
@@ -78,7 +76,6 @@ def run_main(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[st
         env=offline_env(tmp_path),
         cwd=tmp_path,
     )
-    return result, time.monotonic() - started
 
 
 # --- a diffusers folder -------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ def test_server_serves_a_single_file_checkpoint(tmp_path):
 def test_single_file_without_configs_offline_says_what_to_do(tmp_path):
     checkpoint = tmp_path / "my-model.safetensors"
     save_single_file(tiny_img2img(seed=4, lcm=False), str(checkpoint))
-    result, _ = run_main(tmp_path, "--model-id", str(checkpoint), "--no-taesd")
+    result = run_main(tmp_path, "--model-id", str(checkpoint), "--no-taesd")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Open http" not in output
     assert "Traceback" not in output, output[-3000:]
@@ -151,10 +148,11 @@ def test_single_file_without_configs_offline_says_what_to_do(tmp_path):
 
 
 def test_missing_model_fails_at_once_saying_what_to_do(tmp_path):
-    result, elapsed = run_main(tmp_path)  # the default model, not cached, no hub
+    result = run_main(tmp_path)  # the default model, not cached, no hub
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert elapsed < 30, f"took {elapsed:.1f} s to fail"
+    # At once: the check of the local cache says so before any download is tried (and retried).
+    assert "cannot be downloaded (HF_HUB_OFFLINE is set)" in output
     assert "--tiny" in output and "--model-id" in output
     assert "SimianLuo/LCM_Dreamshaper_v7" in output  # which model is missing
     assert "Open http" not in output
@@ -170,10 +168,9 @@ def test_missing_model_fails_at_once_saying_what_to_do(tmp_path):
     ],
 )
 def test_model_id_path_that_does_not_exist_fails_clearly(tmp_path, missing):
-    result, elapsed = run_main(tmp_path, "--model-id", missing)
+    result = run_main(tmp_path, "--model-id", missing)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert elapsed < 30
     assert "Open http" not in output
     assert "Traceback" not in output, output[-3000:]
     assert missing in output
@@ -182,7 +179,7 @@ def test_model_id_path_that_does_not_exist_fails_clearly(tmp_path, missing):
 def test_model_id_folder_that_is_not_a_model_fails_clearly(tmp_path):
     folder = tmp_path / "not-a-model"
     folder.mkdir()
-    result, _ = run_main(tmp_path, "--model-id", str(folder))
+    result = run_main(tmp_path, "--model-id", str(folder))
     output = result.stdout + result.stderr
     assert result.returncode != 0 and "Open http" not in output
     assert "Traceback" not in output, output[-3000:]

@@ -73,6 +73,7 @@ export function writeBmp(file, width = 200, height = 150) {
 	return file;
 }
 
+/** A port where nothing listens (at the moment it is asked). */
 export function freePort() {
 	return new Promise((resolve, reject) => {
 		const srv = net.createServer();
@@ -101,7 +102,10 @@ export async function waitFor(fn, { timeout = 30_000, interval = 100, what = 'co
 	}
 }
 
-/** The real server (`server/main.py --tiny`) on a free port, with its log kept in memory. */
+/**
+ * The real server (`server/main.py --tiny`) with its log kept in memory, on a free port that it picks
+ * itself (`--port 0`) and says in its log: no other process can take it in between.
+ */
 export class ServerProcess {
 	constructor(args = [], pipeline = 'img2img') {
 		this.args = args;
@@ -118,8 +122,7 @@ export class ServerProcess {
 
 	async start({ timeout = 240_000 } = {}) {
 		if (!existsSync(PYTHON)) throw new Error(`No Python at ${PYTHON}: create the project's .venv first (or set LD_PYTHON)`);
-		this.port = await freePort();
-		const args = [path.join(REPO, 'server', 'main.py'), '--pipeline', this.pipeline, '--tiny', '--port', String(this.port), '--log-level', 'debug', ...this.args];
+		const args = [path.join(REPO, 'server', 'main.py'), '--pipeline', this.pipeline, '--tiny', '--port', '0', '--log-level', 'debug', ...this.args];
 		this.proc = spawn(PYTHON, args, {
 			cwd: REPO,
 			env: { ...process.env, HF_HUB_OFFLINE: '1', PYTHONUNBUFFERED: '1' },
@@ -131,7 +134,9 @@ export class ServerProcess {
 		this.proc.on('exit', (code, signal) => (this.exited = { code, signal }));
 		await waitFor(() => {
 			if (this.exited) throw new Error(`server exited (${JSON.stringify(this.exited)}):\n${this.log.slice(-4000)}`);
-			return this.log.includes('Open http://');
+			const listening = /Open https?:\/\/\S+:(\d+)$/m.exec(this.log);
+			if (listening) this.port = Number(listening[1]);
+			return Boolean(listening);
 		}, { timeout, interval: 200, what: 'the server to start' }).catch((e) => {
 			if (this.exited) throw new Error(`server exited (${JSON.stringify(this.exited)}):\n${this.log.slice(-4000)}`);
 			throw e;
