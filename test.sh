@@ -2,8 +2,8 @@
 # Set up everything and run the whole test suite: Python tests (unit, the real server on loopback,
 # NDI on loopback) and the web page's checks, unit tests and end-to-end tests in headless Chromium.
 #   ./test.sh            everything          ./test.sh -k server     pytest's arguments go to pytest
-# The end-to-end tests run beside pytest (the suite keeps about one core busy at a time, and both hold
-# on a loaded machine); their log is test-artifacts/e2e.log, shown in full when they fail.
+# The end-to-end tests run beside the rest; their log is test-artifacts/e2e.log, shown in full when they
+# fail. TEST_WORKERS (default 2) sets pytest's workers.
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p test-artifacts
@@ -16,27 +16,30 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
   chromium=$!
 fi
 scripts/setup.sh dev,bench,scale
+echo "test: set up in ${SECONDS} s"
 if [ -n "$chromium" ] && ! wait "$chromium"; then
   cat test-artifacts/chromium-install.log >&2
   echo "test: installing Chromium failed" >&2
 fi
 
 export HF_HUB_OFFLINE=1
+# The browser tests run beside everything else (the suite keeps about one core busy at a time, and the
+# tests hold on a loaded machine); pytest runs on two workers.
 e2e=""
-if [ -f frontend/package.json ]; then
-  npm run check --prefix frontend
-  npm test --prefix frontend
-  if [ -x /usr/bin/chromium ]; then
-    echo "test: browser tests running beside pytest (test-artifacts/e2e.log)"
-    npm run e2e:built --prefix frontend > test-artifacts/e2e.log 2>&1 &  # the page was built by setup
-    e2e=$!
-  else
-    echo "test: /usr/bin/chromium missing: browser tests skipped (apt-get install chromium)" >&2
-  fi
+if [ -f frontend/package.json ] && [ -x /usr/bin/chromium ]; then
+  echo "test: browser tests running beside the rest (test-artifacts/e2e.log)"
+  npm run e2e:built --prefix frontend > test-artifacts/e2e.log 2>&1 &  # the page was built by setup
+  e2e=$!
+elif [ -f frontend/package.json ]; then
+  echo "test: /usr/bin/chromium missing: browser tests skipped (apt-get install chromium)" >&2
 fi
 
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+if [ -f frontend/package.json ]; then
+  npm run check --prefix frontend || status=$?
+  npm test --prefix frontend || status=$?
+fi
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@" || status=$?
 if [ -n "$e2e" ]; then
   if wait "$e2e"; then
     grep -E '^# (tests|pass|fail|skipped|duration_ms)' test-artifacts/e2e.log | sed 's/^/test: browser tests: /'
@@ -46,4 +49,5 @@ if [ -n "$e2e" ]; then
     status=1
   fi
 fi
+echo "test: done in ${SECONDS} s"
 exit "$status"

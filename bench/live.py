@@ -93,15 +93,23 @@ class RunningServer:
 @contextmanager
 def run_server(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 120.0) -> Iterator[RunningServer]:
     """The real server (`python server/main.py ...`) on a free loopback port, stopped with Ctrl-C. It
-    picks the port itself (--port 0) and says which: no other process can take it in between."""
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER_MAIN), "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env or server_env(),
-        cwd=REPO_ROOT / "tests",  # anywhere but the repo root: the server must not care
-    )
+    picks the port itself (--port 0) and says which: no other process can take it in between.
+
+    With LD_FORK_SERVERS=1 (the tests set it) a server with the default environment is forked from a
+    process that has imported torch, diffusers and the server already (`forked_server`): the same
+    `server/main.py` code in a process of its own, started in a second instead of ten."""
+    command = ["--port", "0", *args]
+    if env is None and os.environ.get("LD_FORK_SERVERS") == "1" and not {"--replicas", "--ray-address"} & set(args):
+        proc: Any = forked_server(command, server_env(), REPO_ROOT / "tests")
+    else:
+        proc = subprocess.Popen(
+            [sys.executable, str(SERVER_MAIN), *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env or server_env(),
+            cwd=REPO_ROOT / "tests",  # anywhere but the repo root: the server must not care
+        )
     server = RunningServer(proc)
     deadline = time.monotonic() + startup_timeout
     try:
@@ -125,6 +133,81 @@ def run_server(*args: str, env: dict[str, str] | None = None, startup_timeout: f
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+# --- forked servers ---------------------------------------------------------------------------------
+# Importing torch, diffusers and transformers takes most of a miniature server's start (7 of 8 s on
+# the project's machines). A multiprocessing forkserver imports them once; each server is a fork of
+# it that runs `server.main.main` as `python server/main.py` would. PyTorch is made to be used after
+# a fork (its DataLoader workers are forked so); the forkserver itself runs no model and no thread.
+
+FORK_PRELOAD = (
+    "server.main", "server.engine", "server.app", "server.scale_out.gateway", "pipelines._tiny", "pipelines.img2img",
+    "pipelines.img2img_sd_turbo", "pipelines.img2img_sdxl_lcm_lora", "pipelines.controlnet_canny",
+    "pipelines.txt2img", "bench.echo_pipeline", "compel",
+)
+_forkserver: Any = None
+
+
+class ForkedServer:
+    """A forked server process, with what run_server and the tests use of a subprocess.Popen."""
+
+    def __init__(self, process: Any, stdout: Any) -> None:
+        self.process = process
+        self.pid = process.pid
+        self.stdout = stdout
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            raise subprocess.TimeoutExpired(str(SERVER_MAIN), timeout or 0)
+        return self.process.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self.process.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def forked_server(command: list[str], env: dict[str, str], cwd: Path) -> ForkedServer:
+    global _forkserver
+    import multiprocessing
+
+    if _forkserver is None:
+        _forkserver = multiprocessing.get_context("forkserver")
+        _forkserver.set_forkserver_preload(list(FORK_PRELOAD))
+    reader, writer = _forkserver.Pipe(duplex=False)
+    process = _forkserver.Process(target=_serve_forked, args=(command, env, str(cwd), writer), name="server")
+    process.start()
+    writer.close()
+    stdout = os.fdopen(os.dup(reader.fileno()), "r", encoding="utf-8", errors="replace")
+    reader.close()
+    return ForkedServer(process, stdout)
+
+
+def _serve_forked(command: list[str], env: dict[str, str], cwd: str, output: Any) -> None:
+    """In the forked process: `python server/main.py COMMAND` with stdout and stderr to `output`."""
+    os.dup2(output.fileno(), 1)
+    os.dup2(output.fileno(), 2)
+    output.close()
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    sys.stderr.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    sys.argv = [str(SERVER_MAIN), *command]
+    from server.main import main
+
+    sys.exit(main(command))
 
 
 def camera_pixels(seed: int = 0, width: int = 320, height: int = 240, noise: float = 20.0) -> np.ndarray:

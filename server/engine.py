@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Server(uvicorn.Server):
         super().__init__(config)
         self.live = live
         self.scheme = scheme
+        self.interrupted = False  # Ctrl-C (SIGINT) ended it
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
@@ -61,6 +63,7 @@ class Server(uvicorn.Server):
                 log.info("Browsers give cameras only to https pages: add --self-signed for phones")
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        self.interrupted = self.interrupted or sig == signal.SIGINT
         self.live.begin_shutdown()
         super().handle_exit(sig, frame)
 
@@ -201,4 +204,6 @@ def serve(app: Any, live: Shutdown, config: Config) -> int:
         server.run()
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
         return 130
-    return 0
+    # A process started with Ctrl-C ignored (a background job of a script) gets no KeyboardInterrupt
+    # from uvicorn's re-raise, but was ended by it all the same.
+    return 130 if server.interrupted else 0

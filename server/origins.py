@@ -10,8 +10,8 @@ this machine answers to.
 - Host: a request must be addressed to a name this server answers to, so that a web page cannot
   reach it through a DNS name of its own that resolves to this machine (DNS rebinding). A server
   bound to loopback answers loopback names only (403, here); one bound wider answers
-  --allowed-hosts, by default this machine's own names and addresses (400, from Starlette's
-  TrustedHostMiddleware: see server/web.py).
+  --allowed-hosts, by default this machine's own names and addresses (400: `HostGuard`, Starlette's
+  TrustedHostMiddleware saying what to do).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import logging
 import socket
 from urllib.parse import urlsplit
 
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -133,6 +135,27 @@ class OriginGuard:
         ):
             return None
         return "Requests from other web sites are refused (start the server with --allowed-origins to allow one)"
+
+
+class HostGuard(TrustedHostMiddleware):
+    """Starlette's check of the `Host` header (a name in `allowed_hosts`, `*.example.com` a domain,
+    `*` any), with an answer that says what to do: 400, {"detail": ...}, and a line in the log."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        header = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "")
+        parsed = host_and_port(header)
+        host = host_pattern(parsed[0]) if parsed else ""
+        if host and any(host == p or (p.startswith("*") and host.endswith(p[1:])) for p in self.allowed_hosts):
+            await self.app(scope, receive, send)
+            return
+        shown = host[:100] or header[:100]
+        log.info("refused a %s request to %s addressed to %r: not an allowed host", scope["type"], scope.get("path", "")[:40], shown)
+        detail = (f"This server does not answer to the name {shown!r} (the request's Host): start it with "
+                  f"--allowed-hosts {shown} if that is its name")
+        await JSONResponse({"detail": detail}, status_code=400)(scope, receive, send)
 
 
 async def _refuse(scope: Scope, send: Send, problem: str) -> None:

@@ -8,13 +8,12 @@ from pathlib import Path
 
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from server.config import Config
-from server.origins import OriginGuard, allowed_hosts, is_loopback_name
+from server.origins import HostGuard, OriginGuard, allowed_hosts, is_loopback_name
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FRONTEND_BUILD = REPO_ROOT / "frontend" / "build"
@@ -28,7 +27,7 @@ def guards(config: Config) -> list[Middleware]:
     middleware = []
     if not loopback_only:  # a loopback server's OriginGuard answers loopback names only
         middleware.append(
-            Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config.allowed_hosts), www_redirect=False)
+            Middleware(HostGuard, allowed_hosts=allowed_hosts(config.allowed_hosts), www_redirect=False)
         )
     middleware.append(Middleware(OriginGuard, allowed_origins=config.allowed_origins, loopback_only=loopback_only))
     if config.allowed_origins:

@@ -87,12 +87,13 @@ def test_the_first_frame_and_a_changed_prompt_start_afresh(pipe):
 
 
 def test_a_streams_memory_stays_the_same_size_over_1000_frames(pipe):
-    # 128x128 (below the parameters' minimum, built without validation) keeps 1000 frames quick.
+    # 64x64 (below the parameters' minimum, built without validation) keeps 1000 frames quick; the
+    # middle block's self-attention is still banked.
     params = pipe.InputParams.model_construct(
-        **{**pipe.InputParams().model_dump(), "width": 128, "height": 128, "steps": 2, "temporal_consistency": 1.0}
+        **{**pipe.InputParams().model_dump(), "width": 64, "height": 64, "steps": 2, "temporal_consistency": 1.0}
     )
     rng = np.random.default_rng(0)
-    scene = camera_pixels(2, 128, 128, noise=0).astype(float)
+    scene = camera_pixels(2, 64, 64, noise=0).astype(float)
     memory = pipe.new_memory()
     sizes = set()
     for index in range(1000):

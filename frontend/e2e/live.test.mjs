@@ -307,8 +307,10 @@ async function readParts(res, n, timeout = FRAME_TIMEOUT) {
 // ------------------------------------------------------------------ suite
 describe('live page against the real server', { timeout: 900_000 }, () => {
 	// --host 0.0.0.0, as for phones on a LAN: a server bound to loopback answers only loopback names,
-	// and the insecure-origin test opens the page by a LAN name.
-	const suite = new LiveSuite(['--host', '0.0.0.0', '--max-users', '1', '--idle-timeout', String(IDLE_TIMEOUT_S)]);
+	// and the insecure-origin test opens the page by a LAN name (which the server must be told).
+	const suite = new LiveSuite([
+		'--host', '0.0.0.0', '--allowed-hosts', 'live-diffusion.test', '--max-users', '1', '--idle-timeout', String(IDLE_TIMEOUT_S)
+	]);
 	const { server } = suite;
 	let settings;
 	let props;
