@@ -54,6 +54,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 
+# uv installs wheels several times faster than pip (in parallel; compiled, as pip does, so that no
+# process compiles them again). pip stays the way where uv cannot be had.
+if "$venv/bin/uv" --version >/dev/null 2>&1 || "${pip[@]}" install --quiet -r requirements/uv.txt; then
+  install=("$venv/bin/uv" pip install --python "$venv/bin/python" --quiet --compile-bytecode)
+else
+  echo "setup: uv could not be installed: pip installs everything (slower)" >&2
+  install=("${pip[@]}" install --quiet)
+fi
+
 torch_wanted() {  # is torch missing, or (for a torch==X spec) another version than X?
   "$venv/bin/python" - "$torch_spec" <<'EOF'
 import re, sys
@@ -86,24 +95,19 @@ if torch_wanted; then
     index="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
     echo "setup: no NVIDIA GPU: installing $torch_spec (CPU build)"
     if reachable "$index"; then
-      "${pip[@]}" install "$torch_spec" --index-url "$index" --extra-index-url https://pypi.org/simple
-    else  # PyTorch's index is out of reach: whatever the package index offers (a mirror or wheel cache)
+      "${install[@]}" "$torch_spec" --index-url "$index" --extra-index-url https://pypi.org/simple
+    elif [ -n "${PIP_FIND_LINKS:-}" ] && [ "${install[0]}" != "${pip[0]}" ]; then
+      # PyTorch's index is out of reach, and pip is told of a wheel cache (PIP_FIND_LINKS): uv too.
+      "${install[@]}" "$torch_spec" --find-links "$PIP_FIND_LINKS"
+    else  # whatever the package index offers (a mirror, or pip's own configuration)
       "${pip[@]}" install "$torch_spec"
     fi
   fi
 fi
 
-# uv installs the locked wheels several times faster than pip (in parallel; compiled, as pip does,
-# so that no process compiles them again). torch stays pip's: only pip sees this machine's wheel cache.
 echo "setup: installing the locked dependencies${extras:+ with extras [$extras]}"
-if "$venv/bin/uv" --version >/dev/null 2>&1 || "${pip[@]}" install --quiet -r requirements/uv.txt; then
-  uv=("$venv/bin/uv" pip install --python "$venv/bin/python" --quiet --compile-bytecode --no-deps)
-else
-  echo "setup: uv could not be installed: pip installs the dependencies (slower)" >&2
-  uv=("${pip[@]}" install --quiet --no-deps)
-fi
-"${uv[@]}" "${locks[@]}"
-"${uv[@]}" -e .
+"${install[@]}" --no-deps "${locks[@]}"
+"${install[@]}" --no-deps -e .
 if ! problems="$("${pip[@]}" check)"; then
   echo "$problems" >&2
   echo "setup: the environment does not hold together (a lock file out of date? see scripts/lock.sh)" >&2

@@ -23,3 +23,17 @@ def img2img_server():
     """The real server with --tiny img2img, shared by the tests of one module."""
     with run_server("--tiny", "--pipeline", "img2img", "--log-level", "debug") as server:
         yield server
+
+
+# Modules with tests of 15 s or more (benchmarks run short, a thousand frames) come first: on two
+# workers they then start early, and the workers end together. The sort is stable: each module's
+# tests stay together, in their order, so a module's fixtures are made once per worker.
+SLOW_FIRST = (
+    "test_gpu_check.py", "test_bench.py", "test_soak.py", "test_temporal.py", "test_bench_temporal.py",
+    "test_loading.py", "test_scale_out.py", "test_pipelines.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
