@@ -39,7 +39,7 @@ if [ -f frontend/package.json ]; then
   npm run check --prefix frontend || status=$?
   npm test --prefix frontend || status=$?
 fi
-.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist worksteal "$@" || status=$?
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
 if [ -n "$e2e" ]; then
   if wait "$e2e"; then
     grep -E '^# (tests|pass|fail|skipped|duration_ms)' test-artifacts/e2e.log | sed 's/^/test: browser tests: /'

@@ -8,7 +8,15 @@ import torch
 from PIL import Image
 
 from pipelines._base import BatchPipeline, ModelOptions, ParamsModel
-from pipelines._denoise import Control, denoise, images_to_tensor, img2img_step_count, tensor_to_images, uses_cfg
+from pipelines._denoise import (
+    Control,
+    denoise,
+    images_to_tensor,
+    img2img_step_count,
+    placement,
+    tensor_to_images,
+    uses_cfg,
+)
 from pipelines._device import optimize
 from pipelines._images import crop_to_fill
 from pipelines._loading import swap_in_taesd
@@ -70,7 +78,7 @@ class DiffusersPipeline(BatchPipeline):
             latent_size,
             steps=img2img_step_count(params.steps, strength),
             rows=2 if uses_cfg(unet, getattr(params, "guidance_scale", 0.0)) else 1,
-            element_size=torch.empty((), dtype=unet.dtype).element_size(),
+            element_size=torch.empty((), dtype=placement(unet)[1]).element_size(),
             channels=unet.config.in_channels,
             max_bytes=max_bytes,
         )
@@ -130,7 +138,7 @@ class DiffusersPipeline(BatchPipeline):
         unet = self.pipe.unet
         output = denoise(
             self.pipe,
-            None if frames is None else images_to_tensor(frames, unet.device, unet.dtype),
+            None if frames is None else images_to_tensor(frames, *placement(unet)),
             [self.prompts(params.prompt, params.negative_prompt) for params in batch],
             seeds=[params.seed for params in batch],
             steps=shared.steps,

@@ -27,7 +27,7 @@ from pipelines import (
     temporal_field,
 )
 from pipelines import _tiny as tiny
-from pipelines._denoise import Control
+from pipelines._denoise import Control, placement
 from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS, build_pipeline, load_model
 from pipelines._pipeline import DiffusersPipeline
 from pipelines._temporal import StreamMemory
@@ -119,8 +119,8 @@ class Pipeline(DiffusersPipeline):
         shared = batch[0]
         frames = self.frames(shared, images)
         edges = [canny(frame, shared.canny_low, shared.canny_high) for frame in frames]
-        unet = self.pipe.unet
-        control_image = torch.from_numpy(np.stack(edges)).to(unet.device)[:, None].expand(-1, 3, -1, -1).to(unet.dtype) / 255
+        device, dtype = placement(self.pipe.unet)
+        control_image = torch.from_numpy(np.stack(edges)).to(device)[:, None].expand(-1, 3, -1, -1).to(dtype) / 255
         control = Control(
             self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
         )

@@ -25,9 +25,9 @@ def img2img_server():
         yield server
 
 
-# Modules with tests of 15 s or more (benchmarks run short, a thousand frames) come first: on two
-# workers they then start early, and the workers end together. The sort is stable: each module's
-# tests stay together, in their order, so a module's fixtures are made once per worker.
+# Modules with tests of 15 s or more (benchmarks run short, a thousand frames) come first: on several
+# workers (./test.sh gives each a module at a time) they then start early, and the workers end
+# together. The sort is stable: each module's tests stay together, in their order.
 SLOW_FIRST = (
     "test_gpu_check.py", "test_bench.py", "test_soak.py", "test_temporal.py", "test_bench_temporal.py",
     "test_loading.py", "test_scale_out.py", "test_pipelines.py",
