@@ -3,7 +3,7 @@
 # NDI on loopback) and the web page's checks, unit tests and end-to-end tests in headless Chromium.
 #   ./test.sh            everything          ./test.sh -k server     pytest's arguments go to pytest
 # The end-to-end tests run beside the rest; their log is test-artifacts/e2e.log, shown in full when they
-# fail. TEST_WORKERS (default 2) sets pytest's workers.
+# fail. TEST_WORKERS (default 3: the suite waits on servers and browsers) sets pytest's workers.
 set -euo pipefail
 cd "$(dirname "$0")"
 mkdir -p test-artifacts
@@ -24,7 +24,7 @@ fi
 
 export HF_HUB_OFFLINE=1
 # The browser tests run beside everything else (the suite keeps about one core busy at a time, and the
-# tests hold on a loaded machine); pytest runs on two workers.
+# tests hold on a loaded machine); pytest runs on three workers (two cores do not keep three busy).
 e2e=""
 if [ -f frontend/package.json ] && [ -x /usr/bin/chromium ]; then
   echo "test: browser tests running beside the rest (test-artifacts/e2e.log)"
@@ -39,7 +39,7 @@ if [ -f frontend/package.json ]; then
   npm run check --prefix frontend || status=$?
   npm test --prefix frontend || status=$?
 fi
-.venv/bin/python -m pytest -n "${TEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-3}" --dist loadfile "$@" || status=$?
 if [ -n "$e2e" ]; then
   if wait "$e2e"; then
     grep -E '^# (tests|pass|fail|skipped|duration_ms)' test-artifacts/e2e.log | sed 's/^/test: browser tests: /'
