@@ -24,7 +24,8 @@ fi
 
 export HF_HUB_OFFLINE=1
 # The browser tests run beside everything else (the suite keeps about one core busy at a time, and the
-# tests hold on a loaded machine); pytest runs on three workers (two cores do not keep three busy).
+# tests hold on a loaded machine); pytest runs on three workers (its tests wait on servers and
+# browsers much of the time: three keep two cores busy).
 e2e=""
 if [ -f frontend/package.json ] && [ -x /usr/bin/chromium ]; then
   echo "test: browser tests running beside the rest (test-artifacts/e2e.log)"
