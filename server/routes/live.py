@@ -4,6 +4,7 @@ links (server/streaming.py)."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 
 from fastapi import APIRouter, HTTPException, WebSocket
 from fastapi.responses import Response, StreamingResponse
@@ -51,7 +52,7 @@ async def stream(user_id: str, live: Live, stream_token: str = "") -> Response:
     """The session's MJPEG stream. Every open stream of a session gets every frame (a few per session);
     the owner's (with the `stream_token` its websocket was sent) always opens, in place of another."""
     session = await session_of(live, user_id)
-    owner = bool(stream_token) and stream_token == session.stream_token
+    owner = secrets.compare_digest(stream_token.encode(), session.stream_token.encode())
     try:
         return streaming.session_stream(session, live.sessions, owner=owner)
     except TooManyStreams as error:
