@@ -3,11 +3,14 @@
     import pipelines
     pipe = pipelines.load("img2img", tiny=True)
     image = pipe.predict(pipe.InputParams(prompt="a cat"), camera_frame)
+    pipe = pipelines.load("controlnetDepthHyperSDXL", tiny=True)  # a model set-up, by the anchor's name
 
 Every module of this package is a pipeline, except the shared mechanics, whose names start with an
 underscore: `_base` (the contract: `PipelineInfo`, `ParamsModel` and its field helpers, exported
 here), `_loading`, `_device`, `_prompts`, `_denoise`, `_lora`, `_images`, `_safety`, `_pipeline`
-(the base class of the diffusers pipelines) and `_tiny` (miniature models).
+(the base class of the diffusers pipelines), `_tiny` (miniature models), `_setups` (model set-ups as
+choices of base, accelerator, scheduler and ControlNets, and the anchor's modules by name),
+`_composed` (the pipeline a set-up makes) and `_annotators` (depth models for ControlNets).
 """
 
 from __future__ import annotations
@@ -43,18 +46,54 @@ from pipelines._base import (
     strength_field,
     temporal_field,
 )
+from pipelines._setups import Choices, SetUpError
 
 __all__ = [
-    "CFG_GUIDANCE", "LCM_GUIDANCE", "BatchPipeline", "ModelLoadError", "ModelMismatch", "ModelOptions", "ModelUnavailable", "ParamsModel",
-    "Pipeline", "PipelineInfo", "SupportsBatch", "SupportsStreamMemory", "UnknownPipeline", "available", "batch_key", "checkbox_field", "guidance_field",
-    "load", "load_module", "negative_prompt_field", "prompt_field", "range_field", "seed_field", "select_field",
-    "size_field", "steps_field", "strength_field", "temporal_field",
+    "CFG_GUIDANCE",
+    "COMPOSED",
+    "LCM_GUIDANCE",
+    "BatchPipeline",
+    "Choices",
+    "ModelLoadError",
+    "ModelMismatch",
+    "ModelOptions",
+    "ModelUnavailable",
+    "ParamsModel",
+    "Pipeline",
+    "PipelineInfo",
+    "SetUpError",
+    "SupportsBatch",
+    "SupportsStreamMemory",
+    "UnknownPipeline",
+    "available",
+    "batch_key",
+    "catalogue",
+    "checkbox_field",
+    "guidance_field",
+    "load",
+    "load_module",
+    "negative_prompt_field",
+    "prompt_field",
+    "range_field",
+    "seed_field",
+    "select_field",
+    "setups",
+    "size_field",
+    "steps_field",
+    "strength_field",
+    "temporal_field",
 ]
 
 
+COMPOSED = "setup"  # the set-up that --base, --accelerator, --scheduler and --controlnet compose
+
+
 class UnknownPipeline(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__(f"Unknown pipeline {name!r}. Available: {', '.join(available())}")
+    def __init__(self, name: str, why: str = "") -> None:
+        super().__init__(
+            f"Unknown pipeline {name!r}{why}. Available: {', '.join(available())}; "
+            f"set-ups: {', '.join(setups())} (or --base, --accelerator, --controlnet)"
+        )
         self.name = name
 
 
@@ -67,12 +106,57 @@ def available() -> list[str]:
     )
 
 
-def load_module(name: str) -> ModuleType:
-    """Import `pipelines.<name>`; an unknown name raises `UnknownPipeline` listing what exists.
+def setups() -> list[str]:
+    """Names of the model set-ups (pipelines/_setups.py: the anchor's modules), loaded like pipelines."""
+    from pipelines._setups import ANCHOR_MODULES, ANCHORS
 
-    A dotted name (`bench.echo_pipeline`) imports that module instead: a pipeline kept outside this
-    package, such as the benchmarks' and tests' stand-in models.
+    return sorted([*ANCHORS, *ANCHOR_MODULES], key=str.lower)
+
+
+def catalogue() -> list[tuple[str, str]]:
+    """What --list-pipelines prints: (name, what it is) for every module, then every set-up, then the
+    anchor's modules still to come. Reads no model and imports no module (their docstrings are read
+    from the files)."""
+    import ast
+    from pathlib import Path
+
+    from pipelines._setups import ANCHOR_MODULES, ANCHORS, ANCHORS_TO_COME
+
+    rows = []
+    for name in available():
+        docstring = ast.get_docstring(ast.parse(Path(__path__[0], f"{name}.py").read_text())) or ""
+        rows.append((name, docstring.split(":")[0].split("\n")[0]))
+    for name in setups():
+        rows.append((name, f"= {ANCHOR_MODULES[name]}" if name in ANCHOR_MODULES else ANCHORS[name].describe()))
+    rows.append((COMPOSED, "the set-up of --base, --accelerator, --scheduler and --controlnet"))
+    rows += [(name, f"not here yet: needs {need}") for name, need in ANCHORS_TO_COME.items()]
+    return rows
+
+
+def load_module(name: str, choices: Choices | None = None) -> ModuleType:
+    """Import `pipelines.<name>`, or make a set-up's module; an unknown name raises `UnknownPipeline`
+    listing what exists, and choices that do not fit raise `SetUpError`, before any model loads.
+
+    `choices` (the server's --base, --accelerator, --scheduler, --controlnet) change a named set-up,
+    or make one of their own under the name `setup`. A dotted name (`bench.echo_pipeline`) imports
+    that module instead: a pipeline kept outside this package, such as the benchmarks' and tests'
+    stand-in models.
     """
+    from pipelines._setups import ANCHOR_MODULES, ANCHORS, ANCHORS_TO_COME, SetUpError
+
+    if name in ANCHORS or name == COMPOSED:
+        from pipelines._composed import setup_module
+
+        chosen = choices or Choices()
+        return setup_module(name, chosen.apply(ANCHORS[name]) if name in ANCHORS else chosen.compose())
+    if choices is not None and choices != Choices():
+        raise SetUpError(
+            f"--base, --accelerator, --scheduler and --controlnet shape a set-up; {name!r} is not one. "
+            f"Leave --pipeline out, or name a set-up: {', '.join(setups())}"
+        )
+    name = ANCHOR_MODULES.get(name, name)
+    if name in ANCHORS_TO_COME:
+        raise UnknownPipeline(name, f" (the anchor's; not here yet: it needs {ANCHORS_TO_COME[name]})")
     if "." in name:
         try:
             module = importlib.import_module(name)

@@ -243,3 +243,8 @@ class ModelOptions(BaseModel):
     lcm_lora_id: str = Field(
         "", description="LCM-LoRA override for pipelines that fuse one: hub id, folder or file; 'none' for models distilled already"
     )
+    controlnet_ids: tuple[tuple[str, str], ...] = Field(
+        (), description="Set-ups: (kind, hub id or folder) for ControlNets loaded from elsewhere than their usual repository"
+    )
+    accelerator_id: str = Field("", description="Set-ups: the accelerator's LoRA or UNet from a hub id, folder or file")
+    depth_model: str = Field("", description="Set-ups: the depth annotator (a transformers depth model: hub id or folder)")

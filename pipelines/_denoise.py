@@ -5,6 +5,7 @@ equal the stock diffusers pipelines' wherever the two mean the same thing (tests
 
 from __future__ import annotations
 
+import inspect
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -89,6 +90,22 @@ def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> list[int]:
     return [max(first, tail[0]), *tail[1:]]
 
 
+def set_img2img_timesteps(scheduler: Any, steps: int, strength: float, device: torch.device) -> torch.Tensor:
+    """Set the scheduler up for an image-to-image frame; returns the timesteps to run. Schedulers that
+    take a custom schedule (LCM, TCD, Euler) get `img2img_timesteps`; the others (Euler ancestral,
+    DDIM) run the tail of the n-step schedule, as diffusers does, so their strength moves in steps of 1/n."""
+    if "timesteps" in inspect.signature(scheduler.set_timesteps).parameters:
+        with quiet_logger(type(scheduler).__module__):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
+            scheduler.set_timesteps(timesteps=img2img_timesteps(scheduler, steps, strength), device=device)
+        return scheduler.timesteps
+    n = img2img_steps(steps, strength)
+    scheduler.set_timesteps(n, device=device)
+    start = (n - img2img_step_count(steps, strength)) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
 def placement(model: Any) -> tuple[torch.device, torch.dtype]:
     """The device and dtype of a model's weights, from its first parameter. diffusers' `model.device`
     and `model.dtype` walk every submodule for offloading hooks first: 9 ms for the pair on SD 1.5's
@@ -137,7 +154,8 @@ def denoise(
     guidance_scale: float,
     width: int | None = None,
     height: int | None = None,
-    control: Control | None = None,
+    controls: Sequence[Control] = (),
+    eta: float | None = None,
     memories: Sequence[StreamMemory | None] | None = None,
     temporal: float = 0.0,
     bank: FeatureBank | None = None,
@@ -147,8 +165,10 @@ def denoise(
 
     With images: encode them, noise them to `strength`, run int(n * strength) steps of an n-step
     schedule (at least one), decode. With `images=None` (text to image): start from pure noise of
-    width x height and run all `steps`. SDXL's pooled embeddings and size conditioning, and a
-    ControlNet, are used when given. Each frame's output depends only on its own inputs and seed.
+    width x height and run all `steps`. SDXL's pooled embeddings and size conditioning, and
+    ControlNets (their residuals summed, as diffusers' MultiControlNetModel does), are used when given;
+    `eta` goes to schedulers that take it (TCD's gamma). Each frame's output depends only on its own
+    inputs and seed.
 
     Guidance, as in diffusers: an LCM-distilled UNet (one with a guidance embedding) takes the scale
     as that embedding and nothing else, so its negative prompt has no effect; any other UNet runs
@@ -165,8 +185,8 @@ def denoise(
     lengths = [prompt.embeds.shape[1] for prompt in prompts]
     if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
         return _denoise_by_length(pipe, images, prompts, lengths, seeds=seeds, steps=steps, strength=strength,
-                                  guidance_scale=guidance_scale, width=width, height=height, control=control,
-                                  memories=memories, temporal=temporal, bank=bank)
+                                  guidance_scale=guidance_scale, width=width, height=height, controls=controls,
+                                  eta=eta, memories=memories, temporal=temporal, bank=bank)
     remember = memories is not None and temporal > 0 and images is not None
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = placement(unet)
@@ -175,10 +195,9 @@ def denoise(
 
     if images is None:
         scheduler.set_timesteps(steps, device=device)
+        timesteps = scheduler.timesteps
     else:
-        with quiet_logger(type(scheduler).__module__):  # LCM warns that a schedule not starting at 999 is unusual: here it is the point
-            scheduler.set_timesteps(timesteps=img2img_timesteps(scheduler, steps, strength), device=device)
-    timesteps = scheduler.timesteps
+        timesteps = set_img2img_timesteps(scheduler, steps, strength, device)
 
     def noise(shape: tuple[int, ...]) -> torch.Tensor:  # each frame's noise from its own seed
         return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generators])
@@ -206,17 +225,16 @@ def denoise(
         pooled = guided([p.pooled for p in prompts], [p.negative_pooled for p in prompts])
         time_ids = torch.tensor([[out_height, out_width, 0, 0, out_height, out_width]], device=device, dtype=dtype)
         added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(batch, 1)}
-    control_image = None
-    if control is not None:
-        control_image = control.image.to(device=device, dtype=dtype)
-        control_image = torch.cat([control_image] * (batch // len(seeds)))
+    rows = batch // len(seeds)  # the control images of a frame's rows (2 with CFG) are its own
+    controls = [replace(c, image=torch.cat([c.image.to(device=device, dtype=dtype)] * rows)) for c in controls]
+    step_options = {} if eta is None else {"eta": eta}
 
     if bank is not None and remember:
         bank.start(list(memories), rows_per_frame=2 if cfg else 1, strength=temporal,  # type: ignore[arg-type]
                    motions=motions, latent_size=(latents.shape[-2], latents.shape[-1]))
     try:
         result = _steps(unet, scheduler, latents, timesteps, embeds, timestep_cond, added_cond, cfg, guidance_scale,
-                        generators, control, control_image, bank)
+                        generators, controls, step_options, bank)
     finally:
         if bank is not None:
             bank.stop()
@@ -229,21 +247,16 @@ def denoise(
 
 def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor,
            timestep_cond: torch.Tensor | None, added_cond: dict[str, torch.Tensor] | None, cfg: bool,
-           guidance_scale: float, generators: list[torch.Generator], control: Control | None,
-           control_image: torch.Tensor | None, bank: FeatureBank | None) -> torch.Tensor:
+           guidance_scale: float, generators: list[torch.Generator], controls: Sequence[Control],
+           step_options: dict[str, Any], bank: FeatureBank | None) -> torch.Tensor:
     """The denoising steps: the final latents (LCM: its last denoised estimate)."""
     result = latents
     for i, t in enumerate(timesteps):
         if bank is not None:
             bank.step = i
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if cfg else latents, t)
-        residuals = {}
-        if control is not None and control.start <= i / len(timesteps) and (i + 1) / len(timesteps) <= control.end:
-            down, mid = control.controlnet(
-                model_input, t, encoder_hidden_states=embeds, controlnet_cond=control_image,
-                conditioning_scale=control.scale, added_cond_kwargs=added_cond, return_dict=False,
-            )
-            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        residuals = _control_residuals(controls, i / len(timesteps), (i + 1) / len(timesteps), model_input, t, embeds,
+                                       added_cond)
         noise_pred = unet(
             model_input, t, encoder_hidden_states=embeds, timestep_cond=timestep_cond,
             added_cond_kwargs=added_cond, return_dict=False, **residuals,
@@ -251,7 +264,7 @@ def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Te
         if cfg:
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + guidance_scale * (cond - uncond)
-        out = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=True)
+        out = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=True, **step_options)
         latents = out.prev_sample
         # LCM's output is its denoised estimate; other schedulers end on prev_sample.
         result = getattr(out, "denoised", None)
@@ -260,16 +273,38 @@ def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Te
     return result
 
 
+def _control_residuals(controls: Sequence[Control], start: float, end: float, model_input: torch.Tensor,
+                       t: torch.Tensor, embeds: torch.Tensor, added_cond: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+    """The ControlNets' residuals for the UNet at a step spanning [start, end] of the schedule: the sum
+    over those whose window holds the step (diffusers runs the others at scale 0, which adds nothing)."""
+    down: list[torch.Tensor] | None = None
+    mid: torch.Tensor | None = None
+    for control in controls:
+        if not (control.start <= start and end <= control.end):
+            continue
+        control_down, control_mid = control.controlnet(
+            model_input, t, encoder_hidden_states=embeds, controlnet_cond=control.image,
+            conditioning_scale=control.scale, added_cond_kwargs=added_cond, return_dict=False,
+        )
+        if down is None:
+            down, mid = list(control_down), control_mid
+        else:
+            down = [a + b for a, b in zip(down, control_down)]
+            mid = mid + control_mid
+    if down is None:
+        return {}
+    return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+
+
 def _denoise_by_length(pipe: Any, images: torch.Tensor | None, prompts: Sequence[PromptEmbeds], lengths: list[int],
-                       *, seeds: Sequence[int], control: Control | None,
+                       *, seeds: Sequence[int], controls: Sequence[Control],
                        memories: Sequence[StreamMemory | None] | None, **shared: Any) -> torch.Tensor:
     outputs: dict[int, torch.Tensor] = {}
     for length in sorted(set(lengths)):
         rows = [i for i, n in enumerate(lengths) if n == length]
-        part_control = None if control is None else replace(control, image=control.image[rows])
         part = denoise(
             pipe, None if images is None else images[rows], [prompts[i] for i in rows],
-            seeds=[seeds[i] for i in rows], control=part_control,
+            seeds=[seeds[i] for i in rows], controls=[replace(c, image=c.image[rows]) for c in controls],
             memories=None if memories is None else [memories[i] for i in rows], **shared,
         )
         outputs.update(zip(rows, part))

@@ -91,11 +91,27 @@ def load_pipeline(cls: Any, model_id: str, dtype: torch.dtype, config_id: str = 
     log.info("Loading %s from the Hugging Face hub cache (downloading what is missing)", model_id)
     return cls.from_pretrained(model_id, dtype=dtype, **kwargs)
 
+def hub_parts(source: str) -> tuple[str, str]:
+    """A hub id with a path inside the repository, as the set-ups name files and subfolders
+    ("ByteDance/Hyper-SD/Hyper-SD15-1step-lora.safetensors") -> ("ByteDance/Hyper-SD", "Hyper-SD15-1step-lora.safetensors");
+    a plain id -> (id, "")."""
+    parts = source.split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+def is_local(source: str) -> bool:
+    """A path rather than a hub id: it exists, or it is spelled as a path."""
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
+
 def load_model(cls: Any, model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
-    """Load one model (an autoencoder, a ControlNet) from a hub id or a local folder."""
-    if not Path(model_id).expanduser().is_dir():
-        ensure_hub_model(model_id)
-    return cls.from_pretrained(model_id, dtype=dtype, **kwargs)
+    """Load one model (an autoencoder, a ControlNet) from a hub id (with a subfolder after its second
+    slash: "monster-labs/control_v1p_sd15_qrcode_monster/v2") or a local folder."""
+    if Path(model_id).expanduser().is_dir():
+        return cls.from_pretrained(model_id, dtype=dtype, **kwargs)
+    if is_local(model_id):
+        raise ModelUnavailable(f"{model_id!r}: no such folder")
+    repo, subfolder = hub_parts(model_id)
+    ensure_hub_model(repo)
+    return cls.from_pretrained(repo, dtype=dtype, **({"subfolder": subfolder} if subfolder else {}), **kwargs)
 
 def build_pipeline(
     cls: Any,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from pipelines._base import ParamsModel, range_field
-from pipelines._loading import SINGLE_FILE_SUFFIXES, ModelUnavailable, ensure_hub_model
+from pipelines._loading import SINGLE_FILE_SUFFIXES, ModelUnavailable, ensure_hub_model, hub_parts, is_local
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +39,18 @@ def load_lora(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: st
         pipe.load_lora_weights(source, adapter_name=adapter_name)
         return
     path = Path(source).expanduser()
+    repo, inner = hub_parts(source)
     if path.is_file():
         pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name)
     elif path.is_dir():
         pipe.load_lora_weights(str(path), adapter_name=adapter_name)
-    elif source.startswith((".", "/", "~")) or source.endswith(SINGLE_FILE_SUFFIXES):
-        raise ModelUnavailable(f"--lora {source!r}: no such file or folder")
-    else:
-        ensure_hub_model(source)
-        pipe.load_lora_weights(source, adapter_name=adapter_name)
+    elif is_local(source) or (source.endswith(SINGLE_FILE_SUFFIXES) and not inner):
+        raise ModelUnavailable(f"LoRA {source!r}: no such file or folder")
+    else:  # a hub id, or a file in a hub repository: "owner/repo/path/in/repo.safetensors"
+        ensure_hub_model(repo)
+        folder, _, name = inner.rpartition("/")
+        where = {"weight_name": name, "subfolder": folder or None} if inner else {}
+        pipe.load_lora_weights(repo, adapter_name=adapter_name, **where)
 
 def fuse_lora(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: str) -> None:
     """Load a LoRA and fuse it into the weights (no per-step cost), as the LCM-LoRA is."""

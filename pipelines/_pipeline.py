@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from PIL import Image
@@ -121,8 +121,9 @@ class DiffusersPipeline(BatchPipeline):
         self,
         batch: list[Any],
         frames: list[Image.Image] | None,
-        control: Control | None = None,
+        controls: Sequence[Control] = (),
         memories: list[StreamMemory | None] | None = None,
+        eta: float | None = None,
     ) -> list[Image.Image]:
         shared = batch[0]  # a batch shares every parameter but the prompts and the seed
         self.loras.apply(shared)
@@ -146,7 +147,8 @@ class DiffusersPipeline(BatchPipeline):
             guidance_scale=shared.guidance_scale,
             width=shared.width,
             height=shared.height,
-            control=control,
+            controls=controls,
+            eta=eta,
             memories=memories,
             temporal=temporal,
             bank=self.bank,

@@ -124,7 +124,7 @@ class Pipeline(DiffusersPipeline):
         control = Control(
             self.pipe.controlnet, control_image, shared.controlnet_scale, shared.control_start, shared.control_end
         )
-        outputs = self.generate(batch, frames, control, memories)
+        outputs = self.generate(batch, frames, [control], memories)
         if shared.debug_canny:
             outputs = [with_edges_in_corner(output, edge) for output, edge in zip(outputs, edges)]
         return outputs

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
-from pipelines import ModelOptions
+from pipelines import COMPOSED, Choices, ModelOptions
 
 ENV_PREFIX = "LIVE_DIFFUSION_"
+SET_UP_FLAGS = ("base", "accelerator", "scheduler", "controlnet")
 DEFAULT_MAX_USERS = 8  # a GPU serves a handful of users in real time; also what a LAN or public server admits
 
 
@@ -24,7 +25,7 @@ class Config(BaseSettings):
     )
 
     # what to serve
-    pipeline: str = Field("img2img", description="Pipeline module in pipelines/ (see --list-pipelines)")
+    pipeline: str = Field("img2img", description="Pipeline module in pipelines/ or model set-up, such as controlnetDepthHyperSDXL (see --list-pipelines)")
     list_pipelines: bool = Field(False, description="Print the available pipelines and exit")
     model_id: str = Field(
         "", description="Model override: hub id, local diffusers folder or single-file .safetensors checkpoint"
@@ -41,6 +42,18 @@ class Config(BaseSettings):
         "", description="LCM-LoRA override (img2img_sdxl_lcm_lora): hub id, folder or file; 'none' for an already fast model"
     )
     tiny: bool = Field(False, description="Miniature random models built in code: no GPU or hub needed, output is noise")
+
+    # a model set-up of one's own, or changes to a named one (docs/setups.md)
+    base: str = Field("", description="Set-up base model: lcm-dreamshaper, sd15, sd21, sd-turbo, sdxs, sdxl, sdxl-turbo, vega")
+    accelerator: str = Field(
+        "", description="Set-up accelerator: lcm, lcm-lora, hyper, pcm[:STEPS], flash, lightning[:STEPS], vegart, turbo, none"
+    )
+    scheduler: str = Field("", description="Set-up scheduler instead of the accelerator's: lcm, tcd, euler, euler_a, ddim")
+    controlnet: str = Field(
+        "", description="Set-up ControlNets, comma-separated: canny, depth, lineart, qr, each with an optional =HUB_ID_OR_FOLDER"
+    )
+    accelerator_id: str = Field("", description="The accelerator's LoRA or UNet from another hub id, folder or file")
+    depth_model: str = Field("", description="Depth annotator for depth ControlNets: a transformers depth model (hub id or folder)")
 
     # where and how it runs
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for the LAN)")
@@ -173,6 +186,22 @@ class Config(BaseSettings):
             return self.max_batch
         return 1 if device.startswith("cpu") else 4
 
+    @model_validator(mode="before")
+    @classmethod
+    def _set_up_flags_compose(cls, data: Any) -> Any:
+        # --base, --accelerator ... with no --pipeline: the set-up they compose, not the default pipeline.
+        if isinstance(data, dict) and "pipeline" not in data and any(data.get(key) for key in SET_UP_FLAGS):
+            data = {**data, "pipeline": COMPOSED}
+        return data
+
+    def set_up_choices(self) -> Choices | None:
+        """--base, --accelerator, --scheduler, --controlnet as set-up choices; None when none is given."""
+        if not any(getattr(self, key) for key in SET_UP_FLAGS):
+            return None
+        kinds = tuple(part.partition("=")[0].strip() for part in self.controlnet.split(",")) if self.controlnet else None
+        return Choices(base=self.base or None, accelerator=self.accelerator or None, scheduler=self.scheduler or None,
+                       controlnets=kinds)
+
     def model_options(self) -> ModelOptions:
         """The part of the configuration that pipelines read."""
         return ModelOptions(
@@ -187,6 +216,13 @@ class Config(BaseSettings):
             fuse_loras=self.fuse_loras,
             controlnet_id=self.controlnet_id,
             lcm_lora_id=self.lcm_lora_id,
+            controlnet_ids=tuple(
+                (kind.strip(), source.strip())
+                for kind, _, source in (part.partition("=") for part in self.controlnet.split(","))
+                if source.strip()
+            ),
+            accelerator_id=self.accelerator_id,
+            depth_model=self.depth_model,
         )
 
 

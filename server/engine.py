@@ -124,7 +124,8 @@ def load_pipeline(config: Config) -> LoadedPipeline:
     """Import the pipeline module, build it (and the safety checker), warm it up."""
     import pipelines
 
-    module = pipelines.load_module(config.pipeline)  # an unknown name fails here, before torch loads
+    # An unknown name, or set-up choices that do not fit, fail here: before any model loads.
+    module = pipelines.load_module(config.pipeline, config.set_up_choices())
     from pipelines._device import default_temporal_budget, resolve_device, resolve_dtype
 
     device = resolve_device(config.device)

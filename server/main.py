@@ -38,13 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     import pipelines
 
     if config.list_pipelines:
-        print("\n".join(pipelines.available()))
+        rows = pipelines.catalogue()
+        width = max(len(name) for name, _ in rows)
+        print("\n".join(f"{name:<{width}}  {what}" for name, what in rows))
         return 0
     from server import outputs
 
     try:  # before the model loads: a missing package or the wrong OS should not cost a minute of loading
         outputs.check(config)
     except outputs.OutputUnavailable as error:
+        log.error("%s", error)
+        return 2
+    try:  # before Ray starts or any model loads
+        pipelines.load_module(config.pipeline, config.set_up_choices())
+    except (pipelines.UnknownPipeline, pipelines.SetUpError) as error:  # the command line asked for what cannot be
         log.error("%s", error)
         return 2
     from server import engine
@@ -56,9 +63,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_scaled_out(config)
     try:
         loaded = engine.load_pipeline(config)
-    except pipelines.UnknownPipeline as error:
-        log.error("%s", error)
-        return 2
     except pipelines.ModelLoadError as error:
         log.error("%s", error)
         return 1
