@@ -143,7 +143,7 @@ def run_server(*args: str, env: dict[str, str] | None = None, startup_timeout: f
 FORK_PRELOAD = (
     "server.main", "server.engine", "server.app", "server.scale_out.gateway", "pipelines._tiny", "pipelines.img2img",
     "pipelines.img2img_sd_turbo", "pipelines.img2img_sdxl_lcm_lora", "pipelines.controlnet_canny",
-    "pipelines.txt2img", "bench.echo_pipeline", "compel",
+    "pipelines.txt2img", "pipelines._composed", "pipelines._annotators", "bench.echo_pipeline", "compel",
 )
 _forkserver: Any = None
 

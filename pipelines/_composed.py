@@ -164,11 +164,11 @@ def page_content(set_up: SetUp) -> str:
     """The page's introduction: what is loaded, with links to the models."""
     base, accelerator = BASES[set_up.base], ACCELERATORS[set_up.accelerator]
     model = set_up.model_id or base.model_id
-    lines = [f"# {set_up.describe()}", "", f"Base: [{model}](https://huggingface.co/{model}) ({FAMILY_TITLES[base.family]})."]
+    lines = [f"# {set_up.describe()}", "", f"Base: [`{model}`](https://huggingface.co/{model}) ({FAMILY_TITLES[base.family]})."]
     lines.append(f"Made fast by {accelerator.title}; scheduler `{set_up.scheduler_name}`.")
     for kind in set_up.controlnets:
         repo, _ = hub_parts(CONTROLNETS[kind].models[set_up.family])
-        lines.append(f"ControlNet {kind}: [{repo}](https://huggingface.co/{repo}), its scale below.")
+        lines.append(f"ControlNet {kind}: [`{repo}`](https://huggingface.co/{repo}), its scale below.")
     if not set_up.text_to_image:
         lines.append("**Strength** sets how far the output may stray from the camera.")
     return "\n".join(lines) + "\n"
@@ -271,7 +271,7 @@ class SetUpPipeline(DiffusersPipeline):
             else:
                 source = config.accelerator_id or accelerator.loras[family].format(steps=steps)
                 log.info("Fusing the %s LoRA %s", self.set_up.accelerator, source)
-                fuse_accelerator_lora(self.pipe, source)
+                fuse_lora(self.pipe, source, "accelerator")
 
     def _annotator(self, kind: str, config: ModelOptions, device: torch.device, dtype: torch.dtype) -> Any:
         annotator = CONTROLNETS[kind].annotator
@@ -353,14 +353,6 @@ def check_controlnets_fit(pipe: Any, kinds: tuple[str, ...]) -> None:
                 f"The {kind} ControlNet does not fit this base: it was made for {made_for}, the base's UNet takes "
                 f"{unet.cross_attention_dim}-wide embeddings{' with SDXL conditioning' if unet.addition_embed_type else ''}."
             )
-
-
-def fuse_accelerator_lora(pipe: Any, source: str) -> None:
-    """Fuse an accelerator's LoRA; one made for another family is refused with the reason."""
-    try:
-        fuse_lora(pipe, source, "accelerator")
-    except (ValueError, RuntimeError, KeyError) as error:
-        raise ModelMismatch(f"The LoRA {source!r} does not fit this base model: {error}") from None
 
 
 def load_unet_weights(unet: Any, source: str, dtype: torch.dtype) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from pipelines._base import ParamsModel, range_field
+from pipelines._base import ModelMismatch, ParamsModel, range_field
 from pipelines._loading import SINGLE_FILE_SUFFIXES, ModelUnavailable, ensure_hub_model, hub_parts, is_local
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,20 @@ class LoraSpec:
         return cls(spec)
 
 def load_lora(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: str) -> None:
-    """Load one LoRA through peft from a hub id, a folder, a .safetensors file or a state dict."""
+    """Load one LoRA through peft from a hub id, a folder, a .safetensors file (also one inside a hub
+    repository: "owner/repo/path/in/repo.safetensors") or a state dict. One made for another model
+    family raises ModelMismatch."""
+    try:
+        _load(pipe, source, adapter_name)
+    except (RuntimeError, ValueError, KeyError) as error:  # shapes of another family, keys of no known layout
+        label = "(built in)" if isinstance(source, dict) else repr(source)
+        detail = str(error).strip().splitlines()[-1].strip()[:200]
+        raise ModelMismatch(
+            f"LoRA {label} does not fit this model: a LoRA works only on the family it was trained for "
+            f"(SD 1.5, SD 2.1 or SDXL). ({detail})"
+        ) from None
+
+def _load(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: str) -> None:
     if isinstance(source, dict):
         pipe.load_lora_weights(source, adapter_name=adapter_name)
         return
@@ -46,7 +59,7 @@ def load_lora(pipe: Any, source: str | dict[str, torch.Tensor], adapter_name: st
         pipe.load_lora_weights(str(path), adapter_name=adapter_name)
     elif is_local(source) or (source.endswith(SINGLE_FILE_SUFFIXES) and not inner):
         raise ModelUnavailable(f"LoRA {source!r}: no such file or folder")
-    else:  # a hub id, or a file in a hub repository: "owner/repo/path/in/repo.safetensors"
+    else:  # a hub id, or a file in a hub repository
         ensure_hub_model(repo)
         folder, _, name = inner.rpartition("/")
         where = {"weight_name": name, "subfolder": folder or None} if inner else {}

@@ -43,7 +43,7 @@ class Config(BaseSettings):
     )
     tiny: bool = Field(False, description="Miniature random models built in code: no GPU or hub needed, output is noise")
 
-    # a model set-up of one's own, or changes to a named one (docs/setups.md)
+    # a model set-up of one's own, or changes to a named one (README: Model set-ups)
     base: str = Field("", description="Set-up base model: lcm-dreamshaper, sd15, sd21, sd-turbo, sdxs, sdxl, sdxl-turbo, vega")
     accelerator: str = Field(
         "", description="Set-up accelerator: lcm, lcm-lora, hyper, pcm[:STEPS], flash, lightning[:STEPS], vegart, turbo, none"

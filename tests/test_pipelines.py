@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 import pipelines
+import pipelines._setups
 from bench.live import Client, LiveUser, camera_pixels, jpeg_size, mjpeg_frames, run_server, take
 from pipelines import _tiny as tiny
 from pipelines._loading import SD_BETAS, ModelMismatch
@@ -261,23 +262,45 @@ def test_sdxl_single_file_checkpoint_loads(tmp_path):
 @pytest.mark.parametrize("name", ALL)
 def test_every_pipeline_streams_through_the_server(name):
     with run_server("--tiny", "--pipeline", name) as server:
+        assert_streams(server, name)
 
-        async def scenario():
-            client = Client(server)
-            await client.connect()
-            async with httpx.AsyncClient(timeout=60) as http:
-                settings = (await http.get(f"{server.http}/api/settings")).json()
-                assert settings["info"]["properties"]["name"]["default"] == name
-                stream = mjpeg_frames(server, client.user_id, http)
-                size = size_for(name)
-                text = settings["info"]["properties"]["input_mode"]["default"] == "text"
-                pump = asyncio.create_task(client.pump(size) if not text else text_pump(client, size))
-                frames = await take(stream, 2)
-                pump.cancel()
-            await client.close()
-            assert {jpeg_size(f) for f in frames} == {(size["width"], size["height"])}
 
-        asyncio.run(scenario())
+# Every anchor module name that is a set-up here (the others are the modules above).
+SET_UPS = [name for name in pipelines.setups() if name not in pipelines._setups.ANCHOR_MODULES]
+
+
+@pytest.mark.parametrize("name", SET_UPS)
+def test_every_set_up_streams_through_the_server(name):
+    with run_server("--tiny", "--pipeline", name) as server:
+        assert_streams(server, name)
+
+
+def test_a_set_up_of_ones_own_streams_through_the_server():
+    with run_server("--tiny", "--base", "sd15", "--accelerator", "pcm:2", "--controlnet", "depth,canny,qr") as server:
+        assert_streams(server, "setup")
+
+
+def assert_streams(server, name: str) -> None:
+    """The page's conversation: settings name the pipeline, a stream of frames of the asked size."""
+
+    async def scenario():
+        client = Client(server)
+        await client.connect()
+        async with httpx.AsyncClient(timeout=60) as http:
+            settings = (await http.get(f"{server.http}/api/settings")).json()
+            properties = settings["info"]["properties"]
+            assert properties["name"]["default"] == name
+            stream = mjpeg_frames(server, client.user_id, http)
+            width = settings["input_params"]["properties"]["width"]
+            size = {"width": width["min"], "height": width["min"] + 64}
+            text = properties["input_mode"]["default"] == "text"
+            pump = asyncio.create_task(client.pump(size) if not text else text_pump(client, size))
+            frames = await take(stream, 2)
+            pump.cancel()
+        await client.close()
+        assert {jpeg_size(f) for f in frames} == {(size["width"], size["height"])}
+
+    asyncio.run(scenario())
 
 
 async def text_pump(client: Client, size: dict[str, int]) -> None:

@@ -234,6 +234,24 @@ def test_parts_of_another_family_are_refused_saying_so(tmp_path):
         lightning.Pipeline(tiny_sd15_folder, torch.device("cpu"), torch.float32)
 
 
+@pytest.mark.parametrize("name", ["img2imgSDXL-Lightning", "img2img_sdxl_lcm_lora"])
+def test_a_lora_of_another_family_is_refused_saying_so(tmp_path, name):
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    lora = tiny.tiny_lora(tiny.tiny_sd15(lcm=False)["unet"], seed=5)
+    StableDiffusionImg2ImgPipeline.save_lora_weights(str(tmp_path), unet_lora_layers={k.removeprefix("unet."): v for k, v in lora.items()})
+    module = pipelines.load_module(name)
+    with pytest.raises(pipelines.ModelMismatch, match="does not fit this model: a LoRA works only on the family"):
+        module.Pipeline(pipelines.ModelOptions(tiny=True, loras=(str(tmp_path),)), torch.device("cpu"), torch.float32)
+    if name.endswith("Lightning"):  # the accelerator's own LoRA slot too
+        sd15 = pipelines.load_module("controlnetHyperSDXL")
+        with pytest.raises(pipelines.ModelMismatch, match="does not fit this model"):
+            from pipelines._lora import fuse_lora
+
+            pipe = sd15.Pipeline(pipelines.ModelOptions(tiny=True), torch.device("cpu"), torch.float32).pipe
+            fuse_lora(pipe, str(tmp_path), "other")
+
+
 def test_a_lightning_unet_file_replaces_the_base_unet(tmp_path):
     from diffusers import UNet2DConditionModel
 
@@ -250,3 +268,24 @@ def test_a_lightning_unet_file_replaces_the_base_unet(tmp_path):
     assert all(torch.equal(loaded[key], value) for key, value in other.state_dict().items())
     with pytest.raises(pipelines.ModelUnavailable, match="no such file or folder"):
         load_unet_weights(tiny_pipe.pipe.unet, "./no/such/unet.safetensors", torch.float32)
+
+
+def test_the_readme_table_names_every_anchor_module_and_its_commands_start_it():
+    from server.config import parse
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`"): line for line in readme.splitlines() if line.startswith("| `")}
+    for name in ANCHOR_MODULES:
+        assert name in rows, f"{name} is missing from the README's table"
+        row = rows[name]
+        if name in ANCHORS_TO_COME:
+            assert "not yet" in row
+            continue
+        assert f"`--pipeline {name}`" in row
+        if ", or `--base" in row:  # the same set-up from the flags alone
+            flags = row.split(", or `")[1].split("`")[0].split()
+            config = parse(flags)
+            composed = pipelines.load_module(config.pipeline, config.set_up_choices()).SET_UP
+            named = pipelines.load_module(name).SET_UP
+            assert (composed.base, composed.accelerator, composed.controlnets) == (named.base, named.accelerator, named.controlnets)
+            assert config.model_id == named.model_id

@@ -919,3 +919,34 @@ describe('a text-input pipeline (txt2img) against the real server', { timeout: 6
 		await stopSession(page);
 	});
 });
+
+describe('a ControlNet stack (a set-up) against the real server', { timeout: 600_000 }, () => {
+	// The anchor's controlnetHyperSD with a depth ControlNet stacked on its canny one.
+	const suite = new LiveSuite(['--controlnet', 'depth,canny'], 'controlnetHyperSD');
+	const stackServer = suite.server;
+
+	it('shows a scale per ControlNet, sends each, and shows the control image when asked', async () => {
+		const page = await suite.livePage();
+		for (const [name, title] of [['depth_scale', /Depth scale/], ['canny_scale', /Canny edges scale/]]) {
+			const field = page.locator(`[data-param=${name}]`);
+			assert.ok(await field.isVisible(), `a visible ${name} slider`);
+			assert.match(await field.textContent(), title);
+		}
+		await startSession(page, 2);
+		let mark = stackServer.mark();
+		await setNumber(page, 'depth_scale', '1.37');
+		await stackServer.waitForLog(/params changed: .*depth_scale='1\.37'/, { from: mark });
+		mark = stackServer.mark();
+		await setNumber(page, 'canny_scale', '0.21');
+		await stackServer.waitForLog(/params changed: .*canny_scale='0\.21'/, { from: mark });
+		// "Show the control image" (under Advanced) insets the first ControlNet's image, the depth map.
+		await page.locator('summary', { hasText: 'Advanced' }).click();
+		mark = stackServer.mark();
+		await page.locator('[data-param=debug_control] input[type=checkbox]').check();
+		await stackServer.waitForLog(/params changed: .*debug_control='?True/, { from: mark });
+		const shown = await debug(page, 'framesShown()');
+		await waitForFrames(page, shown + 2);
+		await page.screenshot({ path: artifact('05-controlnet-stack.png') });
+		await stopSession(page);
+	});
+});
