@@ -16,17 +16,18 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = REPO_ROOT / "frontend" / "src" / "lib" / "fixtures" / "settings"
+SET_UPS = ("controlnetDepthHyperSDXL",)  # a set-up's schema (pipelines/_composed.py) for the page's tests too
 sys.path.insert(0, str(REPO_ROOT))
 
 
 def fixtures() -> dict[Path, str]:
-    """{path: JSON text} for every pipeline, as the server answers with default options."""
+    """{path: JSON text} for every pipeline module and the set-ups in SET_UPS, as the server answers with default options."""
     import pipelines
     from server.config import DEFAULT_MAX_USERS
     from server.live import settings_response
 
     out = {}
-    for name in pipelines.available():
+    for name in [*pipelines.available(), *SET_UPS]:
         module = pipelines.load_module(name)
         settings = settings_response(module.Info, module.InputParams, DEFAULT_MAX_USERS)
         out[FIXTURES / f"{name}.json"] = json.dumps(settings.model_dump(mode="json"), indent="\t") + "\n"

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 // scripts/settings_fixtures.py from the pydantic models (tests/test_settings_fixtures.py keeps them
 // in step with the server). Never edit them by hand.
 import controlnetCannyJson from './fixtures/settings/controlnet_canny.json';
+import depthHyperSdxlJson from './fixtures/settings/controlnetDepthHyperSDXL.json';
 import img2imgJson from './fixtures/settings/img2img.json';
 import sdTurboJson from './fixtures/settings/img2img_sd_turbo.json';
 import sdxlJson from './fixtures/settings/img2img_sdxl_lcm_lora.json';
@@ -28,6 +29,7 @@ const controlnetCanny: Settings = controlnetCannyJson;
 const sdTurbo: Settings = sdTurboJson;
 const sdxl: Settings = sdxlJson;
 const txt2img: Settings = txt2imgJson;
+const depthHyperSdxl: Settings = depthHyperSdxlJson;
 const ALL: Record<string, Settings> = {
 	img2img,
 	img2img_sd_turbo: sdTurbo,
@@ -125,6 +127,16 @@ describe('buildWidgets on every pipeline', () => {
 		expect(widget(ws, 'canny_high')).toMatchObject({ kind: 'range', min: 0, max: 255, default: 200 });
 		expect(widget(ws, 'controlnet_scale')).toMatchObject({ kind: 'range', min: 0, max: 2, step: 0.01, default: 0.8, advanced: false });
 		expect(ws.filter((w) => !w.advanced).map((w) => w.id)).toEqual(['prompt', 'seed', 'strength', 'temporal_consistency', 'controlnet_scale']);
+	});
+
+	it('a set-up (controlnetDepthHyperSDXL): its ControlNet scale in view, its window, TCD eta and the control inset under Advanced', () => {
+		const ws = buildWidgets(depthHyperSdxl.input_params);
+		expect(widget(ws, 'depth_scale')).toMatchObject({ kind: 'range', min: 0, max: 2, step: 0.01, default: 0.5, advanced: false, title: 'Depth scale' });
+		expect(widget(ws, 'depth_start')).toMatchObject({ kind: 'range', min: 0, max: 1, default: 0, advanced: true });
+		expect(widget(ws, 'eta')).toMatchObject({ kind: 'range', min: 0, max: 1, default: 1, advanced: true });
+		expect(widget(ws, 'debug_control')).toMatchObject({ kind: 'checkbox', default: false, advanced: true });
+		expect(captureSize(defaultValues(ws))).toEqual({ width: 1024, height: 1024 });
+		expect(ws.filter((w) => !w.advanced).map((w) => w.id)).toEqual(['prompt', 'seed', 'strength', 'temporal_consistency', 'depth_scale']);
 	});
 
 	it('img2img_sdxl_lcm_lora: captures at 768x768 and allows no less than 512', () => {
