@@ -164,9 +164,10 @@ def checkbox_field(default: bool, title: str, *, hide: bool = False) -> Any:
     return Field(default, title=title, json_schema_extra={"field": "checkbox", "hide": hide})
 
 
-def select_field(default: str, values: list[str], title: str, *, hide: bool = False) -> Any:
+def select_field(default: str, values: list[str], title: str, *, hide: bool = False, description: str | None = None) -> Any:
     # Pair with a `Literal[...]` annotation so the server enforces the choice.
-    return Field(default, title=title, json_schema_extra={"field": "select", "values": values, "hide": hide})
+    return Field(default, title=title, description=description,
+                 json_schema_extra={"field": "select", "values": values, "hide": hide})
 
 
 # What may differ between the frames of one batch; every other parameter is shared by the batch.

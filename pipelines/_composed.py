@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import types
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -47,6 +47,7 @@ from pipelines._base import (
     prompt_field,
     range_field,
     seed_field,
+    select_field,
     size_field,
     steps_field,
     strength_field,
@@ -79,6 +80,11 @@ log = logging.getLogger(__name__)
 
 FP16_VAE_ID = "madebyollin/sdxl-vae-fp16-fix"  # SDXL's own VAE overflows in float16
 DEFAULT_PROMPT = "a cinematic portrait, dramatic light, film grain, highly detailed"
+GUIDANCE_MODES = (
+    "Above guidance 1: full runs the negative prompt through the UNet too (twice the work); self (StreamDiffusion's "
+    "self-negative) takes the input's own noise in its place, initialize (one-time negative) the negative prompt's "
+    "first-step estimate: each about the cost of no guidance"
+)
 
 SCHEDULERS: dict[str, tuple[Any, dict[str, Any]]] = {
     "lcm": (LCMScheduler, {}),
@@ -127,6 +133,13 @@ def params_model(name: str, set_up: SetUp) -> type[ParamsModel]:
         eta = accelerator.eta if accelerator.eta is not None else 0.3  # TCDScheduler.step's own default
         fields["eta"] = (float, range_field(default("eta", eta), 0.0, 1.0, 0.01, "Eta (TCD)", hide=True,
                                             description="Fresh noise a step: 0 keeps the detail, 1 the least blur at one step"))
+    if not set_up.text_to_image and not base.lcm_distilled:  # guidance above 1 runs CFG: offer its stand-ins
+        fields["guidance_mode"] = (Literal["full", "self", "initialize"], select_field(
+            default("guidance_mode", "full"), ["full", "self", "initialize"], "Guidance mode", hide=True,
+            description=GUIDANCE_MODES))
+        fields["residual_delta"] = (float, range_field(
+            default("residual_delta", 1.0), 0.0, 1.0, 0.01, "Residual guidance delta", hide=True,
+            description="How much of the residual noise stands for the negative prompt"))
     if not set_up.text_to_image:
         fields["temporal_consistency"] = (float, temporal_field())
     for kind in set_up.controlnets:
@@ -228,7 +241,8 @@ class SetUpPipeline(DiffusersPipeline):
         extra = {} if set_up.family == "sdxl" else dict(NO_SAFETY_CHECKER)
         if self.kinds:
             extra["controlnet"] = controlnets
-        model_options = config if config.model_id or not set_up.model_id else config.model_copy(update={"model_id": set_up.model_id})
+        own_model = {"model_id": set_up.model_id} if set_up.model_id and not config.model_id else {}
+        model_options = config.model_copy(update=own_model)
         self.pipe = build_pipeline(
             _pipeline_class(set_up), model_options, base.model_id, dtype, tiny_components=lambda: self._tiny_components(), **extra
         )

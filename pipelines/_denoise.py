@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
+from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusers.pipelines.latent_consistency_models.pipeline_latent_consistency_img2img import (
     LatentConsistencyModelImg2ImgPipeline,
 )
@@ -156,6 +157,8 @@ def denoise(
     height: int | None = None,
     controls: Sequence[Control] = (),
     eta: float | None = None,
+    guidance_mode: str = "full",
+    residual_delta: float = 1.0,
     memories: Sequence[StreamMemory | None] | None = None,
     temporal: float = 0.0,
     bank: FeatureBank | None = None,
@@ -175,6 +178,10 @@ def denoise(
     classifier-free guidance against the negative prompts (a second UNet pass) when the scale is
     above 1.
 
+    `guidance_mode` "self" or "initialize" replaces the negative prompt's UNet pass of image to image
+    by StreamDiffusion's residual guidance (`_steps`, `_one_time_negative`): half the UNet evaluations
+    of "full" CFG (initialize: one more, on the first step).
+
     Temporal consistency (pipelines/_temporal.py): with `memories` (one per frame, its stream's, or
     None) and `temporal` above 0, each frame starts from its encoding blended with its stream's
     previous output, and the UNet's self-attention in `bank` also attends to the stream's previous
@@ -185,13 +192,15 @@ def denoise(
     lengths = [prompt.embeds.shape[1] for prompt in prompts]
     if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
         return _denoise_by_length(pipe, images, prompts, lengths, seeds=seeds, steps=steps, strength=strength,
-                                  guidance_scale=guidance_scale, width=width, height=height, controls=controls,
-                                  eta=eta, memories=memories, temporal=temporal, bank=bank)
+                                  guidance_scale=guidance_scale, width=width, height=height, controls=controls, eta=eta,
+                                  guidance_mode=guidance_mode, residual_delta=residual_delta, memories=memories,
+                                  temporal=temporal, bank=bank)
     remember = memories is not None and temporal > 0 and images is not None
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = placement(unet)
     generators = [torch.Generator(device=device).manual_seed(seed) for seed in seeds]
-    cfg = uses_cfg(unet, guidance_scale)
+    residual = guidance_mode in ("self", "initialize") and uses_residual_guidance(unet, scheduler, guidance_scale, images)
+    cfg = uses_cfg(unet, guidance_scale) and not residual
 
     if images is None:
         scheduler.set_timesteps(steps, device=device)
@@ -211,6 +220,7 @@ def denoise(
         motions: list[Any] = []
         if remember:
             latents, motions = blend_previous_output(latents, list(memories), temporal)  # type: ignore[arg-type]
+        clean = latents
         latents = scheduler.add_noise(latents, noise(latents.shape), timesteps[:1])
     out_height, out_width = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
 
@@ -228,13 +238,22 @@ def denoise(
     rows = batch // len(seeds)  # the control images of a frame's rows (2 with CFG) are its own
     controls = [replace(c, image=torch.cat([c.image.to(device=device, dtype=dtype)] * rows)) for c in controls]
     step_options = {} if eta is None else {"eta": eta}
+    reference = None
+    if residual:
+        reference = clean
+        if guidance_mode == "initialize":  # the negative prompt's own estimate, from one UNet pass at the first step
+            negative = torch.cat([p.negative_embeds for p in prompts])
+            negative_cond = None if added_cond is None else {
+                "text_embeds": torch.cat([p.negative_pooled for p in prompts]), "time_ids": added_cond["time_ids"],
+            }
+            reference = _one_time_negative(unet, scheduler, latents, timesteps, negative, negative_cond, controls)
 
     if bank is not None and remember:
         bank.start(list(memories), rows_per_frame=2 if cfg else 1, strength=temporal,  # type: ignore[arg-type]
                    motions=motions, latent_size=(latents.shape[-2], latents.shape[-1]))
     try:
         result = _steps(unet, scheduler, latents, timesteps, embeds, timestep_cond, added_cond, cfg, guidance_scale,
-                        generators, controls, step_options, bank)
+                        generators, controls, step_options, bank, reference, residual_delta)
     finally:
         if bank is not None:
             bank.stop()
@@ -248,8 +267,11 @@ def denoise(
 def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor,
            timestep_cond: torch.Tensor | None, added_cond: dict[str, torch.Tensor] | None, cfg: bool,
            guidance_scale: float, generators: list[torch.Generator], controls: Sequence[Control],
-           step_options: dict[str, Any], bank: FeatureBank | None) -> torch.Tensor:
-    """The denoising steps: the final latents (LCM: its last denoised estimate)."""
+           step_options: dict[str, Any], bank: FeatureBank | None, reference: torch.Tensor | None = None,
+           residual_delta: float = 1.0) -> torch.Tensor:
+    """The denoising steps: the final latents (LCM: its last denoised estimate). With `reference`,
+    residual guidance: the unconditional prediction is the noise that takes `reference` to the
+    current latents, times `residual_delta`, instead of a UNet pass."""
     result = latents
     for i, t in enumerate(timesteps):
         if bank is not None:
@@ -264,6 +286,10 @@ def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Te
         if cfg:
             uncond, cond = noise_pred.chunk(2)
             noise_pred = uncond + guidance_scale * (cond - uncond)
+        elif reference is not None:
+            signal, spread = noise_scales(scheduler, t)
+            uncond = residual_delta * (latents - signal * reference) / spread
+            noise_pred = uncond + guidance_scale * (noise_pred - uncond)
         out = scheduler.step(noise_pred, t, latents, generator=generators, return_dict=True, **step_options)
         latents = out.prev_sample
         # LCM's output is its denoised estimate; other schedulers end on prev_sample.
@@ -271,6 +297,34 @@ def _steps(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Te
         if result is None:
             result = latents
     return result
+
+
+def uses_residual_guidance(unet: Any, scheduler: Any, guidance_scale: float, images: Any) -> bool:
+    """Whether residual guidance can stand in for CFG here: image to image (the input is the
+    reference), a UNet that would run CFG, and an epsilon-predicting model."""
+    return images is not None and uses_cfg(unet, guidance_scale) and scheduler.config.prediction_type == "epsilon"
+
+
+def noise_scales(scheduler: Any, t: Any) -> tuple[float, float]:
+    """(signal, noise) such that a latent at timestep t is signal * clean + noise * epsilon: the
+    variance-preserving form (LCM, TCD, DDIM), or sigma's for Euler's schedulers (1, sigma)."""
+    alpha = float(scheduler.alphas_cumprod[int(t)])
+    if isinstance(scheduler, (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)):
+        return 1.0, ((1 - alpha) / alpha) ** 0.5
+    return alpha**0.5, (1 - alpha) ** 0.5
+
+
+def _one_time_negative(unet: Any, scheduler: Any, latents: torch.Tensor, timesteps: torch.Tensor, negative: torch.Tensor,
+                       negative_cond: dict[str, torch.Tensor] | None, controls: Sequence[Control]) -> torch.Tensor:
+    """StreamDiffusion's one-time negative: the clean latent the negative prompt predicts at the first
+    step, from one UNet pass; residual guidance then measures every later step against it."""
+    t = timesteps[0]
+    model_input = scheduler.scale_model_input(latents, t)
+    residuals = _control_residuals(controls, 0.0, 1 / len(timesteps), model_input, t, negative, negative_cond)
+    uncond = unet(model_input, t, encoder_hidden_states=negative, added_cond_kwargs=negative_cond, return_dict=False,
+                  **residuals)[0]
+    signal, spread = noise_scales(scheduler, t)
+    return (latents - spread * uncond) / signal
 
 
 def _control_residuals(controls: Sequence[Control], start: float, end: float, model_input: torch.Tensor,

@@ -16,6 +16,7 @@ from pipelines._denoise import (
     placement,
     tensor_to_images,
     uses_cfg,
+    uses_residual_guidance,
 )
 from pipelines._device import optimize
 from pipelines._images import crop_to_fill
@@ -74,10 +75,15 @@ class DiffusersPipeline(BatchPipeline):
         factor = self.pipe.vae_scale_factor
         latent_size = (-(-params.height // factor), -(-params.width // factor))
         strength = getattr(params, "strength", 1.0)
+        guidance = getattr(params, "guidance_scale", 0.0)
+        residual = getattr(params, "guidance_mode", "full") != "full" and uses_residual_guidance(
+            unet, self.pipe.scheduler, guidance, images=True
+        )
+        full_cfg = uses_cfg(unet, guidance) and not residual
         return self.bank.plan(
             latent_size,
             steps=img2img_step_count(params.steps, strength),
-            rows=2 if uses_cfg(unet, getattr(params, "guidance_scale", 0.0)) else 1,
+            rows=2 if full_cfg else 1,
             element_size=torch.empty((), dtype=placement(unet)[1]).element_size(),
             channels=unet.config.in_channels,
             max_bytes=max_bytes,
@@ -149,6 +155,8 @@ class DiffusersPipeline(BatchPipeline):
             height=shared.height,
             controls=controls,
             eta=eta,
+            guidance_mode=getattr(shared, "guidance_mode", "full"),
+            residual_delta=getattr(shared, "residual_delta", 1.0),
             memories=memories,
             temporal=temporal,
             bank=self.bank,
