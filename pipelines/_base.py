@@ -48,6 +48,7 @@ class PipelineInfo(BaseModel):
     description: str = ""
     input_mode: Literal["image", "text"] = "image"
     page_content: str = ""
+    takes_image_prompt: bool = False  # an image prompt may be sent besides the frames (IP-Adapter set-ups)
 
 
 def _add_widget_ids(schema: dict[str, Any]) -> None:
@@ -224,6 +225,18 @@ class SupportsStreamMemory(Protocol):
     def predict_batch(self, batch: list[Any], images: list[Any], memories: list[Any]) -> list[Image.Image]: ...
 
 
+@runtime_checkable
+class SupportsImagePrompt(Protocol):
+    """A pipeline that may take an image prompt with each frame (an IP-Adapter): `image_prompts` gives
+    one per frame (None: the pipeline's own choice). `takes_image_prompt` says whether it is loaded."""
+
+    @property
+    def takes_image_prompt(self) -> bool: ...
+
+    def predict_batch(self, batch: list[Any], images: list[Any], memories: list[Any] | None = None,
+                      image_prompts: list[Image.Image | None] | None = None) -> list[Image.Image]: ...
+
+
 class ModelOptions(BaseModel):
     """How a pipeline loads and runs its models: the part of the server's configuration pipelines read."""
 
@@ -249,3 +262,5 @@ class ModelOptions(BaseModel):
     )
     accelerator_id: str = Field("", description="Set-ups: the accelerator's LoRA or UNet from a hub id, folder or file")
     depth_model: str = Field("", description="Set-ups: the depth annotator (a transformers depth model: hub id or folder)")
+    ip_adapter_id: str = Field("", description="Set-ups: the IP-Adapter from another file (local, or owner/repo/path in the hub)")
+    image_encoder_id: str = Field("", description="Set-ups: the IP-Adapter's image encoder from another hub id or folder")

@@ -151,6 +151,10 @@ def params_model(name: str, set_up: SetUp) -> type[ParamsModel]:
     if "canny" in set_up.controlnets:
         fields["canny_low"] = (int, range_field(100, 0, 255, 1, "Canny low threshold", hide=True))
         fields["canny_high"] = (int, range_field(200, 0, 255, 1, "Canny high threshold", hide=True))
+    if set_up.ip_adapter:
+        fields["ip_adapter_scale"] = (float, range_field(
+            default("ip_adapter_scale", 0.8), 0.0, 1.5, 0.01, "Image prompt scale",
+            description="How strongly the image prompt (or, without one, the camera frame) steers the picture"))
     if set_up.controlnets:
         fields["debug_control"] = (bool, checkbox_field(False, "Show the control image", hide=True))
     low = 512 if set_up.family == "sdxl" else 256
@@ -170,6 +174,7 @@ def info_model(name: str, set_up: SetUp) -> type[PipelineInfo]:
         "Info", __base__=PipelineInfo,
         name=(str, name), title=(str, title), description=(str, set_up.describe()),
         input_mode=(str, "text" if set_up.text_to_image else "image"), page_content=(str, page_content(set_up)),
+        takes_image_prompt=(bool, set_up.ip_adapter is not None),
     )
 
 
@@ -182,6 +187,9 @@ def page_content(set_up: SetUp) -> str:
     for kind in set_up.controlnets:
         repo, _ = hub_parts(CONTROLNETS[kind].models[set_up.family])
         lines.append(f"ControlNet {kind}: [`{repo}`](https://huggingface.co/{repo}), its scale below.")
+    if set_up.ip_adapter:
+        lines.append(f"An image prompt ({set_up.ip_adapter} IP-Adapter) steers it beside the text: drop a picture, or use "
+                     "an output; without one, the camera frame is the image prompt.")
     if not set_up.text_to_image:
         lines.append("**Strength** sets how far the output may stray from the camera.")
     return "\n".join(lines) + "\n"
@@ -254,6 +262,11 @@ class SetUpPipeline(DiffusersPipeline):
         if set_up.family == "sdxl" and not config.taesd and dtype == torch.float16 and not config.tiny:
             self.pipe.vae = load_model(type(self.pipe.vae), FP16_VAE_ID, dtype)
         self.annotators = {kind: self._annotator(kind, config, device, dtype) for kind in self.kinds}
+        self.image_prompts = None
+        if set_up.ip_adapter is not None:  # before setup(): the temporal bank keeps the adapter's processors
+            from pipelines._ip_adapter import ImagePrompts
+
+            self.image_prompts = ImagePrompts(self.pipe, set_up.ip_adapter, set_up.family, config, dtype)
         taesd = config if not base.own_vae else config.model_copy(update={"taesd": False})
         tiny_taesd = tiny.tiny_taesdxl if set_up.family == "sdxl" else tiny.tiny_taesd
         self.setup(taesd, device, dtype, self.InputParams, taesd_id=TAESD_IDS[set_up.family], tiny_taesd=tiny_taesd,
@@ -296,10 +309,22 @@ class SetUpPipeline(DiffusersPipeline):
                                         device=device, dtype=dtype)
         return annotator
 
+    @property
+    def takes_image_prompt(self) -> bool:
+        """Whether frames may come with an image prompt (an IP-Adapter set-up)."""
+        return self.image_prompts is not None
+
     @torch.inference_mode()
-    def predict_batch(self, batch: list[Any], images: list[Image.Image | None], memories: list[Any] | None = None) -> list[Image.Image]:
+    def predict_batch(self, batch: list[Any], images: list[Image.Image | None], memories: list[Any] | None = None,
+                      image_prompts: list[Image.Image | None] | None = None) -> list[Image.Image]:
+        """`image_prompts`: each frame's image prompt (an IP-Adapter set-up; None: the frame is its own)."""
         shared = batch[0]
         frames = self.frames(shared, images)
+        image_embeds = None
+        if self.image_prompts is not None and frames is not None:
+            self.image_prompts.set_scale(shared.ip_adapter_scale)
+            chosen = [prompt or frame for prompt, frame in zip(image_prompts or [None] * len(frames), frames)]
+            image_embeds = self.image_prompts.embeds(chosen)
         controls = []
         if frames is not None and self.kinds:
             device, dtype = placement(self.pipe.unet)
@@ -311,7 +336,7 @@ class SetUpPipeline(DiffusersPipeline):
                     self.pipe.controlnet.nets[self.kinds.index(kind)], image.to(dtype),
                     getattr(shared, f"{kind}_scale"), getattr(shared, f"{kind}_start"), getattr(shared, f"{kind}_end"),
                 ))
-        outputs = self.generate(batch, frames, controls, memories, eta=getattr(shared, "eta", None))
+        outputs = self.generate(batch, frames, controls, memories, eta=getattr(shared, "eta", None), image_embeds=image_embeds)
         if controls and shared.debug_control:
             outputs = [with_inset(output, control) for output, control in zip(outputs, controls[0].image)]
         return outputs

@@ -159,6 +159,7 @@ def denoise(
     eta: float | None = None,
     guidance_mode: str = "full",
     residual_delta: float = 1.0,
+    image_embeds: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     memories: Sequence[StreamMemory | None] | None = None,
     temporal: float = 0.0,
     bank: FeatureBank | None = None,
@@ -178,6 +179,9 @@ def denoise(
     classifier-free guidance against the negative prompts (a second UNet pass) when the scale is
     above 1.
 
+    `image_embeds` (an IP-Adapter's, one (positive, negative) pair a frame) go to the UNet beside the
+    prompt, as diffusers passes them.
+
     `guidance_mode` "self" or "initialize" replaces the negative prompt's UNet pass of image to image
     by StreamDiffusion's residual guidance (`_steps`, `_one_time_negative`): half the UNet evaluations
     of "full" CFG (initialize: one more, on the first step).
@@ -193,8 +197,8 @@ def denoise(
     if len(set(lengths)) > 1:  # compel encodes long prompts in more 77-token chunks: a batch per length
         return _denoise_by_length(pipe, images, prompts, lengths, seeds=seeds, steps=steps, strength=strength,
                                   guidance_scale=guidance_scale, width=width, height=height, controls=controls, eta=eta,
-                                  guidance_mode=guidance_mode, residual_delta=residual_delta, memories=memories,
-                                  temporal=temporal, bank=bank)
+                                  guidance_mode=guidance_mode, residual_delta=residual_delta, image_embeds=image_embeds,
+                                  memories=memories, temporal=temporal, bank=bank)
     remember = memories is not None and temporal > 0 and images is not None
     unet, vae, scheduler = pipe.unet, pipe.vae, pipe.scheduler
     device, dtype = placement(unet)
@@ -235,6 +239,9 @@ def denoise(
         pooled = guided([p.pooled for p in prompts], [p.negative_pooled for p in prompts])
         time_ids = torch.tensor([[out_height, out_width, 0, 0, out_height, out_width]], device=device, dtype=dtype)
         added_cond = {"text_embeds": pooled, "time_ids": time_ids.repeat(batch, 1)}
+    if image_embeds is not None:
+        ip = guided([p for p, _ in image_embeds], [n for _, n in image_embeds]).to(device=device, dtype=dtype)
+        added_cond = (added_cond or {}) | {"image_embeds": [ip]}
     rows = batch // len(seeds)  # the control images of a frame's rows (2 with CFG) are its own
     controls = [replace(c, image=torch.cat([c.image.to(device=device, dtype=dtype)] * rows)) for c in controls]
     step_options = {} if eta is None else {"eta": eta}
@@ -243,9 +250,12 @@ def denoise(
         reference = clean
         if guidance_mode == "initialize":  # the negative prompt's own estimate, from one UNet pass at the first step
             negative = torch.cat([p.negative_embeds for p in prompts])
-            negative_cond = None if added_cond is None else {
-                "text_embeds": torch.cat([p.negative_pooled for p in prompts]), "time_ids": added_cond["time_ids"],
-            }
+            negative_cond: dict[str, Any] | None = None
+            if prompts[0].pooled is not None:
+                negative_cond = {"text_embeds": torch.cat([p.negative_pooled for p in prompts]), "time_ids": added_cond["time_ids"]}
+            if image_embeds is not None:
+                negatives = torch.cat([n for _, n in image_embeds]).to(device=device, dtype=dtype)
+                negative_cond = (negative_cond or {}) | {"image_embeds": [negatives]}
             reference = _one_time_negative(unet, scheduler, latents, timesteps, negative, negative_cond, controls)
 
     if bank is not None and remember:
@@ -352,6 +362,7 @@ def _control_residuals(controls: Sequence[Control], start: float, end: float, mo
 
 def _denoise_by_length(pipe: Any, images: torch.Tensor | None, prompts: Sequence[PromptEmbeds], lengths: list[int],
                        *, seeds: Sequence[int], controls: Sequence[Control],
+                       image_embeds: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
                        memories: Sequence[StreamMemory | None] | None, **shared: Any) -> torch.Tensor:
     outputs: dict[int, torch.Tensor] = {}
     for length in sorted(set(lengths)):
@@ -359,6 +370,7 @@ def _denoise_by_length(pipe: Any, images: torch.Tensor | None, prompts: Sequence
         part = denoise(
             pipe, None if images is None else images[rows], [prompts[i] for i in rows],
             seeds=[seeds[i] for i in rows], controls=[replace(c, image=c.image[rows]) for c in controls],
+            image_embeds=None if image_embeds is None else [image_embeds[i] for i in rows],
             memories=None if memories is None else [memories[i] for i in rows], **shared,
         )
         outputs.update(zip(rows, part))

@@ -130,6 +130,7 @@ class DiffusersPipeline(BatchPipeline):
         controls: Sequence[Control] = (),
         memories: list[StreamMemory | None] | None = None,
         eta: float | None = None,
+        image_embeds: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> list[Image.Image]:
         shared = batch[0]  # a batch shares every parameter but the prompts and the seed
         self.loras.apply(shared)
@@ -157,6 +158,7 @@ class DiffusersPipeline(BatchPipeline):
             eta=eta,
             guidance_mode=getattr(shared, "guidance_mode", "full"),
             residual_delta=getattr(shared, "residual_delta", 1.0),
+            image_embeds=image_embeds,
             memories=memories,
             temporal=temporal,
             bank=self.bank,

@@ -143,6 +143,8 @@ DEPTH_MODELS: dict[str, str] = {
     "sdxl": "Intel/dpt-swinv2-base-384",
 }
 
+IP_ADAPTER_FAMILIES: dict[str, tuple[str, ...]] = {"plain": ("sd15", "sdxl"), "composition": ("sd15", "sdxl")}
+
 TAESD_IDS: dict[str, str] = {"sd15": "madebyollin/taesd", "sd21": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 
 
@@ -159,6 +161,7 @@ class SetUp:
     defaults: dict[str, Any] = field(default_factory=dict)  # parameter defaults over the accelerator's
     title: str = ""
     model_id: str = ""  # the base's model instead of its usual one (the anchor's fine-tunes)
+    ip_adapter: Literal["plain", "composition"] | None = None  # an image prompt beside the text
 
     @property
     def family(self) -> Family:
@@ -203,10 +206,19 @@ class SetUp:
                 )
         if self.controlnets and self.text_to_image:
             raise SetUpError("ControlNets steer image to image: a text-to-image set-up has no frame to take them from")
+        if self.ip_adapter is not None:
+            if self.ip_adapter not in IP_ADAPTER_FAMILIES:
+                raise SetUpError(f"Unknown IP-Adapter {self.ip_adapter!r}. IP-Adapters: {', '.join(IP_ADAPTER_FAMILIES)}")
+            if family not in IP_ADAPTER_FAMILIES[self.ip_adapter]:
+                raise SetUpError(f"There is no {self.ip_adapter} IP-Adapter for {FAMILY_TITLES[family]} (base {self.base!r}); "
+                                 "it exists for SD 1.5 and SDXL")
+            if self.text_to_image:
+                raise SetUpError("An IP-Adapter here takes the camera frame when no image prompt was sent: "
+                                 "it needs an image-to-image set-up")
         return self
 
     def with_choices(self, *, base: str | None = None, accelerator: str | None = None, scheduler: str | None = None,
-                     controlnets: tuple[str, ...] | None = None) -> SetUp:
+                     controlnets: tuple[str, ...] | None = None, ip_adapter: str | None = None) -> SetUp:
         """This set-up with some choices replaced (the server's --base, --accelerator, ... flags). A new
         base drops the set-up's own model; a new base or accelerator drops the parameter defaults that
         were the old accelerator's."""
@@ -227,6 +239,8 @@ class SetUp:
             changes["scheduler"] = scheduler
         if controlnets is not None:
             changes["controlnets"] = controlnets
+        if ip_adapter is not None:
+            changes["ip_adapter"] = None if ip_adapter == "none" else ip_adapter
         if not changes:
             return self
         return replace(self, title="", **changes)
@@ -243,6 +257,8 @@ class SetUp:
             text += f", {self.scheduler} scheduler"
         if self.controlnets:
             text += ", ControlNet " + " + ".join(self.controlnets)
+        if self.ip_adapter:
+            text += f", {self.ip_adapter} IP-Adapter"
         return text + (", text to image" if self.text_to_image else "")
 
 
@@ -280,10 +296,11 @@ class Choices:
     accelerator: str | None = None  # NAME or NAME:STEPS (pcm:8)
     scheduler: str | None = None
     controlnets: tuple[str, ...] | None = None
+    ip_adapter: str | None = None  # plain, composition, or none
 
     def apply(self, set_up: SetUp) -> SetUp:
         return set_up.with_choices(base=self.base, accelerator=self.accelerator, scheduler=self.scheduler,
-                                   controlnets=self.controlnets)
+                                   controlnets=self.controlnets, ip_adapter=self.ip_adapter)
 
     def compose(self) -> SetUp:
         """A set-up from these choices alone: a missing base is the one the accelerator is made for
@@ -340,6 +357,9 @@ ANCHORS: dict[str, SetUp] = {
     "img2imgSegmindVegaRT": SetUp("vega", "vegart", defaults={**_ANCHOR, "steps": 1}),
     "controlnetSegmindVegaRT": SetUp("vega", "vegart", controlnets=("canny",), defaults={**_ANCHOR, "canny_scale": 0.5}),
     "img2imgSDXS512": SetUp("sdxs", "turbo", defaults=_ANCHOR),
+    # The anchor draws these from noise with the camera as the composition; strength 1 comes closest.
+    "IPcompositionHyperSD15": SetUp("sd15", "hyper", ip_adapter="composition", defaults={**_ANCHOR, "strength": 1.0}),
+    "IPcompositionHyperSDXL": SetUp("sdxl", "hyper", ip_adapter="composition", defaults={**_ANCHOR, "strength": 1.0}),
 }
 
 # The anchor's modules that are pipeline modules here (same models; `img2img` and `txt2img` have the
@@ -348,7 +368,5 @@ ANCHOR_MODULES: dict[str, str] = {"controlnet": "controlnet_canny", "img2imgSDTu
 
 # The anchor's modules not yet composed here, and what they need.
 ANCHORS_TO_COME: dict[str, str] = {
-    "IPcompositionHyperSD15": "an IP-Adapter (image prompt) on SD 1.5 with Hyper-SD",
-    "IPcompositionHyperSDXL": "an IP-Adapter (image prompt) on SDXL with Hyper-SD",
     "pix2pixTurbo": "pix2pix-turbo (edge to image on SD-Turbo)",
 }

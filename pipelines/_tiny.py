@@ -279,3 +279,68 @@ def tiny_lora(unet: UNet2DConditionModel, seed: int = 0, rank: int = 4) -> dict[
                 torch.nn.init.normal_(parameter, std=0.2)
     state = get_peft_model_state_dict(host)
     return {f"unet.{name}": tensor.detach().clone() for name, tensor in state.items()}
+
+def tiny_image_encoder(seed: int = 0):
+    """(CLIPVisionModelWithProjection, CLIPImageProcessor) on 32x32 crops, standing in for an
+    IP-Adapter's image encoder (h94/IP-Adapter's ViT-H or ViT-bigG) and its processor."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                              image_size=32, patch_size=8, projection_dim=16)
+    with _seeded(seed):
+        encoder = _ready(CLIPVisionModelWithProjection(config))
+    return encoder, CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+def tiny_ip_adapter(unet: UNet2DConditionModel, image_encoder, composition: bool, seed: int = 0) -> dict:
+    """A random IP-Adapter for `unet` and `image_encoder`, in the layout of the published files that
+    diffusers' `load_ip_adapter` reads: {"image_proj": ..., "ip_adapter": {"1.to_k_ip.weight", ...}}.
+    Plain: a linear projection of the image embedding to 4 tokens (ip-adapter_sd15); composition: the
+    "plus" resampler over the encoder's penultimate hidden states, as ostris/ip-composition-adapter."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    cross = unet.config.cross_attention_dim
+    with _seeded(seed):
+        if composition:
+            resampler = IPAdapterPlusImageProjection(
+                embed_dims=image_encoder.config.hidden_size, output_dims=cross, hidden_dims=64, heads=1, num_queries=4
+            )
+            image_proj = _resampler_to_published(resampler.state_dict())
+        else:
+            clip = image_encoder.config.projection_dim
+            image_proj = {"proj.weight": torch.randn(cross * 4, clip) * clip**-0.5, "proj.bias": torch.zeros(cross * 4),
+                          "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+        ip_adapter = {}
+        key = 1
+        for name in unet.attn_processors:
+            if name.endswith("attn1.processor"):
+                continue
+            hidden = unet.get_submodule(name.removesuffix(".processor")).to_q.out_features
+            for projection in ("to_k_ip", "to_v_ip"):
+                ip_adapter[f"{key}.{projection}.weight"] = torch.randn(hidden, cross) * cross**-0.5
+            key += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
+
+def _resampler_to_published(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """diffusers' IPAdapterPlusImageProjection names -> the published IP-Adapter Plus names (the inverse
+    of diffusers' `_convert_ip_adapter_image_proj_to_diffusers`)."""
+    published: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        parts = name.split(".")
+        if parts[0] != "layers":
+            published[name] = value
+            continue
+        layer, rest = parts[1], ".".join(parts[2:])
+        renames = {"ln0": "0.norm1", "ln1": "0.norm2", "attn.to_q": "0.to_q", "attn.to_out.0": "0.to_out",
+                   "ff.0": "1.0", "ff.1.net.0.proj": "1.1", "ff.1.net.2": "1.3"}
+        if rest.startswith(("attn.to_k", "attn.to_v")):
+            if rest.startswith("attn.to_k"):
+                suffix = rest.removeprefix("attn.to_k")
+                published[f"layers.{layer}.0.to_kv{suffix}"] = torch.cat([value, state[name.replace("to_k", "to_v")]])
+            continue
+        for old, new in renames.items():
+            if rest.startswith(old + "."):
+                published[f"layers.{layer}.{new}{rest.removeprefix(old)}"] = value
+                break
+        else:
+            raise KeyError(f"unexpected resampler weight {name}")
+    return published

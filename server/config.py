@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 from pipelines import COMPOSED, Choices, ModelOptions
 
 ENV_PREFIX = "LIVE_DIFFUSION_"
-SET_UP_FLAGS = ("base", "accelerator", "scheduler", "controlnet")
+SET_UP_FLAGS = ("base", "accelerator", "scheduler", "controlnet", "ip_adapter")
 DEFAULT_MAX_USERS = 8  # a GPU serves a handful of users in real time; also what a LAN or public server admits
 
 
@@ -52,8 +52,11 @@ class Config(BaseSettings):
     controlnet: str = Field(
         "", description="Set-up ControlNets, comma-separated: canny, depth, lineart, qr, each with an optional =HUB_ID_OR_FOLDER"
     )
+    ip_adapter: str = Field("", description="Set-up image prompt: plain or composition (IP-Adapter, SD 1.5 and SDXL); none to drop it")
     accelerator_id: str = Field("", description="The accelerator's LoRA or UNet from another hub id, folder or file")
     depth_model: str = Field("", description="Depth annotator for depth ControlNets: a transformers depth model (hub id or folder)")
+    ip_adapter_id: str = Field("", description="The IP-Adapter from another file: local, or owner/repo/path/file in the hub")
+    image_encoder_id: str = Field("", description="The IP-Adapter's image encoder from another hub id (owner/repo/subfolder) or folder")
 
     # where and how it runs
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for the LAN)")
@@ -200,7 +203,7 @@ class Config(BaseSettings):
             return None
         kinds = tuple(part.partition("=")[0].strip() for part in self.controlnet.split(",")) if self.controlnet else None
         return Choices(base=self.base or None, accelerator=self.accelerator or None, scheduler=self.scheduler or None,
-                       controlnets=kinds)
+                       controlnets=kinds, ip_adapter=self.ip_adapter or None)
 
     def model_options(self) -> ModelOptions:
         """The part of the configuration that pipelines read."""
@@ -223,6 +226,8 @@ class Config(BaseSettings):
             ),
             accelerator_id=self.accelerator_id,
             depth_model=self.depth_model,
+            ip_adapter_id=self.ip_adapter_id,
+            image_encoder_id=self.image_encoder_id,
         )
 
 

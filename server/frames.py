@@ -21,6 +21,7 @@ class Frame:
     data: bytes | None  # the image as the client sent it (JPEG, or PNG for one-shot jobs); None for text pipelines
     received_at: float = field(default_factory=time.monotonic)
     new_source: bool = False  # the first frame of another input (camera, screen, file): the stream starts afresh
+    image_prompt: bytes | None = None  # the session's image prompt (JPEG) when the pipeline takes one
 
 
 @dataclass(frozen=True)

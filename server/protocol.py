@@ -3,6 +3,9 @@
 Server -> client: {"status": "connected"}, "wait", "send_frame", "timeout", "error".
 Client -> server, in reply to send_frame: {"status": "next_frame"}, then the parameters as a JSON
 object, then (image pipelines) one binary JPEG; an empty binary message means "no frame yet".
+At any other time, where the pipeline takes one (an IP-Adapter set-up): {"status": "image_prompt"}
+then one binary JPEG, the image prompt sent with each of this client's frames from then on (checked
+as a frame is; answered with an info message), or {"status": "image_prompt", "clear": true}.
 
 Every bad message gets {"status": "error", "message": ...} naming the problem, and the conversation
 goes on: the client is asked for a new frame. Only this client is affected. Only a frame (text
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_TEXT_MESSAGE_CHARS = 65_536
 MAX_ERRORS_IN_A_ROW = 100  # bad messages without a good one between them: the client is broken or hostile
 
-Expecting = Literal["status", "params", "image", "skip_image"]
+Expecting = Literal["status", "params", "image", "skip_image", "image_prompt"]
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -82,6 +85,7 @@ class Conversation:
         params_type: type[ParamsModel],
         input_mode: str,
         config: Config,
+        takes_image_prompt: bool = False,
     ) -> None:
         self.ws = websocket
         self.sessions = sessions
@@ -91,6 +95,8 @@ class Conversation:
         self.expecting: Expecting = "status"
         self.params: ParamsModel | None = None  # validated, waiting for its image
         self.new_source = False  # the client's next frame comes from another input (next_frame's new_source)
+        self.takes_image_prompt = takes_image_prompt
+        self.image_prompt: bytes | None = None  # the client's image prompt (a JPEG), sent with each of its frames
         self.errors_in_a_row = 0
         # The page sends the same parameters with every frame: the last text and what it validated to,
         # so an unchanged message costs neither JSON parsing nor validation.
@@ -223,6 +229,8 @@ class Conversation:
             return
         if self.expecting == "image":
             self._refuse(session, "Expected a binary JPEG frame after the parameters; got a text message")
+        if self.expecting == "image_prompt":
+            self._refuse(session, "Expected a binary JPEG image prompt after {\"status\": \"image_prompt\"}; got a text message")
         self.expecting = "status"
         try:
             message = parse_json(text)
@@ -234,6 +242,8 @@ class Conversation:
         elif message["status"] == "next_frame":
             self.expecting = "params"
             self.new_source = self.new_source or message.get("new_source") is True
+        elif message["status"] == "image_prompt":
+            self._on_image_prompt_announced(session, message)
         else:
             self._refuse(session, f"Unknown status {str(message['status'])[:64]!r}")
 
@@ -266,9 +276,33 @@ class Conversation:
             self.sessions.activity(session)  # a text pipeline's page says it is there by its parameters
             self.sessions.frame_accepted(session, Frame(params, None))
 
+    def _on_image_prompt_announced(self, session: Session, message: dict[str, Any]) -> None:
+        if not self.takes_image_prompt:
+            self._refuse(session, "This pipeline takes no image prompt (its set-up has no IP-Adapter)")
+        elif message.get("clear") is True:
+            self.image_prompt = None
+            self.errors_in_a_row = 0
+            self.sessions.send(session, {"status": "info", "message": "Image prompt cleared: the camera frame is the image prompt"})
+        else:
+            self.expecting = "image_prompt"  # its JPEG comes next
+
+    def _on_image_prompt(self, session: Session, data: bytes) -> None:
+        try:
+            check_jpeg(data, max_bytes=self.config.max_frame_bytes, max_pixels=self.config.max_frame_pixels)
+        except FrameError as error:
+            self._refuse(session, f"Image prompt: {error}")
+            return
+        self.image_prompt = data
+        self.errors_in_a_row = 0
+        log.info("session %s: image prompt set (%d bytes)", session.short_id, len(data))
+        self.sessions.send(session, {"status": "info", "message": "Image prompt set"})
+
     def _on_binary(self, session: Session, data: bytes) -> None:
         expecting, self.expecting = self.expecting, "status"
         if expecting == "skip_image":
+            return
+        if expecting == "image_prompt":
+            self._on_image_prompt(session, data)
             return
         if expecting != "image" or self.params is None:
             self._refuse(session, "Expected a JSON text message; got binary data")
@@ -283,5 +317,5 @@ class Conversation:
             self._refuse(session, str(error))
             return
         self.sessions.activity(session)
-        self.sessions.frame_accepted(session, Frame(params, data, new_source=self.new_source))
+        self.sessions.frame_accepted(session, Frame(params, data, new_source=self.new_source, image_prompt=self.image_prompt))
         self.new_source = False

@@ -17,13 +17,14 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
-from pipelines import Pipeline, SupportsBatch, SupportsStreamMemory, batch_key
+from pipelines import Pipeline, SupportsBatch, SupportsImagePrompt, SupportsStreamMemory, batch_key
 from server.frames import ErrorKind, Frame, Result
 from server.imaging import FrameError, decode_image, encode_jpeg, rgb_pixels
 from server.sessions import Session, SessionManager, Source
@@ -36,6 +37,7 @@ THUMBNAIL_SIZE = (64, 64)
 TAKE_TIMEOUT_S = 0.5  # how often an idle thread looks at its stop flag
 RESTART_BACKOFF_S = (0.0, 0.5, 2.0, 10.0)  # wait before a restart, by how many threads in a row ended quickly
 QUICK_DEATH_S = 5.0
+IMAGE_PROMPTS_KEPT = 8  # decoded image prompts kept (one a session in use, a few more)
 
 
 def describe_model_error(error: BaseException) -> str:
@@ -84,7 +86,7 @@ class SimilarityFilter:
         if last is None:
             return None
         previous_thumbnail, previous_frame, previous_result, skips = last
-        if skips >= self.max_skips or frame.params != previous_frame.params:
+        if skips >= self.max_skips or frame.params != previous_frame.params or frame.image_prompt != previous_frame.image_prompt:
             return None
         if cosine_similarity(thumbnail(image), previous_thumbnail) < self.threshold:
             return None
@@ -158,6 +160,9 @@ class Worker:
         self.similarity_filter = similarity_filter
         # Temporal consistency: each session's memory of its stream, for pipelines that keep one.
         self.memories = StreamMemories(pipeline, temporal_budget) if isinstance(pipeline, SupportsStreamMemory) else None
+        # IP-Adapter set-ups: each session's image prompt goes with its frames, decoded once while in use.
+        self.takes_image_prompts = isinstance(pipeline, SupportsImagePrompt) and pipeline.takes_image_prompt
+        self.image_prompts: OrderedDict[bytes, Image.Image] = OrderedDict()
         self.frames_done = 0  # frames the model generated (not counting re-sent ones)
         self.frames_reused = 0
         self.batches = 0  # model calls: frames_done / batches is the mean batch size
@@ -289,6 +294,7 @@ class Worker:
         """One outcome per job, in order: decoded, generated (or re-sent) and encoded, or an error."""
         outcomes: list[Outcome | None] = [None] * len(jobs)
         images: list[Image.Image | None] = [None] * len(jobs)
+        prompts: list[Image.Image | None] = [None] * len(jobs)
         to_generate = []
         for index, (source, frame) in enumerate(jobs):
             if frame.data is not None:
@@ -297,6 +303,7 @@ class Worker:
                         frame.data, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels,
                         min_size=_params_size(frame),
                     )
+                    prompts[index] = self._image_prompt(frame)
                 except FrameError as error:
                     outcomes[index] = Outcome(error=str(error), error_kind="input")
                     continue
@@ -309,7 +316,8 @@ class Worker:
             else:
                 to_generate.append(index)
         if to_generate:
-            generated = self._generate([jobs[i] for i in to_generate], [images[i] for i in to_generate])
+            generated = self._generate([jobs[i] for i in to_generate], [images[i] for i in to_generate],
+                                       [prompts[i] for i in to_generate])
             for index, outcome in zip(to_generate, generated):
                 outcomes[index] = outcome
                 source, frame = jobs[index]
@@ -318,10 +326,27 @@ class Worker:
                     self.similarity_filter.remember(source, frame, image, outcome)
         return [outcome or Outcome(error="Model error: no result") for outcome in outcomes]
 
-    def _generate(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> list[Outcome]:
+    def _image_prompt(self, frame: Frame) -> Image.Image | None:
+        """A frame's image prompt, decoded (once while it is in use); FrameError if it cannot be."""
+        if frame.image_prompt is None or not self.takes_image_prompts:
+            return None
+        image = self.image_prompts.get(frame.image_prompt)
+        if image is None:
+            try:
+                image = decode_image(frame.image_prompt, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels)
+            except FrameError as error:
+                raise FrameError(f"Image prompt: {error}") from None
+            self.image_prompts[frame.image_prompt] = image
+            if len(self.image_prompts) > IMAGE_PROMPTS_KEPT:
+                self.image_prompts.popitem(last=False)
+        self.image_prompts.move_to_end(frame.image_prompt)
+        return image
+
+    def _generate(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None],
+                  prompts: list[Image.Image | None]) -> list[Outcome]:
         frames = [frame for _, frame in jobs]
         try:
-            outputs, notices = self._predict(jobs, images)
+            outputs, notices = self._predict(jobs, images, prompts)
             if not isinstance(outputs, list) or len(outputs) != len(frames):
                 count = len(outputs) if isinstance(outputs, list) else type(outputs).__name__
                 raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
@@ -342,17 +367,22 @@ class Worker:
                 _free_gpu_cache()
             return [Outcome(error=describe_model_error(error))] * len(frames)
 
-    def _predict(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None]) -> tuple[object, list[str | None]]:
+    def _predict(self, jobs: list[tuple[Source, Frame]], images: list[Image.Image | None],
+                 prompts: list[Image.Image | None]) -> tuple[object, list[str | None]]:
         """The pipeline's images for these frames, with each session's stream memory where the pipeline
-        keeps one (and what its session should hear of it), as one batch where there are several."""
+        keeps one (and what its session should hear of it), and image prompts where it takes them, as
+        one batch where there are several."""
         params = [frame.params for _, frame in jobs]
+        extra: dict[str, Any] = {"image_prompts": prompts} if self.takes_image_prompts else {}
         if self.memories is not None:
             memories, notices = self.memories.for_frames(jobs)
             try:
-                return self.memories.pipeline.predict_batch(params, images, memories), notices
+                return self.memories.pipeline.predict_batch(params, images, memories, **extra), notices
             finally:
                 self.memories.count()
         notices: list[str | None] = [None] * len(jobs)
+        if extra:
+            return self.pipeline.predict_batch(params, images, **extra), notices  # type: ignore[attr-defined]
         if len(jobs) == 1:
             return [self.pipeline.predict(params[0], images[0])], notices
         assert isinstance(self.pipeline, SupportsBatch)  # max_batch is 1 otherwise

@@ -25,6 +25,7 @@ from tests.test_equivalence import (
     PROMPT,
     SDXL_SIZE,
     SIZE,
+    as_array,
     assert_equivalent,
     camera,
     embeddings,
@@ -32,6 +33,7 @@ from tests.test_equivalence import (
     run_ours,
     run_stock,
     stock_pipeline,
+    unet_calls,
 )
 
 # (set-up, choices over it, parameters): each on the grid where diffusers and the project mean the same.
@@ -120,3 +122,61 @@ def test_each_control_of_a_stack_changes_the_output():
     for kind in ("canny", "depth"):
         without = run_ours(ours, [ours.InputParams(**base, **{f"{kind}_scale": 0.0})], [frame])[0][0]
         assert abs(both - without).max() > 2, f"the {kind} ControlNet has no effect"
+
+
+IP_CASES: dict[str, tuple[str, Choices | None, dict[str, Any]]] = {
+    "sd15 composition (plus) adapter, Hyper-SD, TCD": ("IPcompositionHyperSD15", None, {"steps": 2, "strength": 0.5}),
+    "sd15 plain adapter, LCM-LoRA, CFG, canny": (
+        "setup", Choices(base="sd15", accelerator="lcm-lora", ip_adapter="plain", controlnets=("canny",)),
+        {"steps": 4, "strength": 0.75, "guidance_scale": 1.5, "ip_adapter_scale": 0.6},
+    ),
+    "sdxl composition adapter, Hyper-SD": ("IPcompositionHyperSDXL", None, {"steps": 2, "strength": 1.0}),
+}
+
+
+@pytest.mark.parametrize("case", IP_CASES)
+@pytest.mark.parametrize("own_prompt", [True, False], ids=["an image prompt", "the frame as image prompt"])
+def test_ip_adapter_set_up_equals_diffusers_with_ip_adapter_image(case, own_prompt):
+    name, choices, values = IP_CASES[case]
+    ours = load(name, choices)
+    set_up = pipelines.load_module(name, choices).SET_UP
+    sdxl = set_up.family == "sdxl"
+    params = ours.InputParams(prompt=PROMPT, negative_prompt=NEGATIVE, seed=41, **(SDXL_SIZE if sdxl else SIZE), **values)
+    frame = camera(7, params.width, params.height)
+    image_prompt = camera(8, 200, 150) if own_prompt else None
+    with unet_calls(ours.pipe.unet) as calls:
+        image = ours.predict_batch([params], [frame], image_prompts=[image_prompt])[0]
+    common = {"num_inference_steps": params.steps, "guidance_scale": params.guidance_scale,
+              "generator": generators([params]), **embeddings(ours, [params], sdxl=sdxl)}
+    if "eta" in type(params).model_fields:
+        common["eta"] = params.eta
+    if set_up.controlnets:
+        pixels = torch.from_numpy(np.asarray(frame).copy()).permute(2, 0, 1)[None].float() / 255
+        common |= {"control_image": [ours.annotate("canny", [frame], pixels, params)],
+                   "controlnet_conditioning_scale": [params.canny_scale]}
+    ours.pipe.set_ip_adapter_scale(params.ip_adapter_scale)
+    theirs = run_stock(ours.pipe, image=frame, strength=params.strength, ip_adapter_image=image_prompt or frame, **common)
+    assert_equivalent(([as_array(image)], calls), theirs)
+
+
+def test_an_image_prompt_steers_the_output_and_is_encoded_once():
+    ours = load("IPcompositionHyperSD15", None)
+    params = ours.InputParams(prompt=PROMPT, seed=5, steps=2, strength=0.5, **SIZE)
+    frame = camera(9)
+    encoder = ours.pipe.image_encoder
+    encoded = []
+    handle = encoder.register_forward_hook(lambda module, args, output: encoded.append(1))
+    try:
+        a = as_array(ours.predict_batch([params], [frame], image_prompts=[camera(10)])[0])
+        again = as_array(ours.predict_batch([params], [frame], image_prompts=[camera(10)])[0])
+        b = as_array(ours.predict_batch([params], [frame], image_prompts=[camera(11)])[0])
+        off = ours.InputParams(**{**params.model_dump(), "ip_adapter_scale": 0.0})
+        c = as_array(ours.predict_batch([off], [frame], image_prompts=[camera(10)])[0])
+        d = as_array(ours.predict_batch([off], [frame], image_prompts=[camera(11)])[0])
+    finally:
+        handle.remove()
+    assert np.array_equal(a, again) and np.abs(a - b).max() > 2  # the image prompt matters
+    assert np.array_equal(c, d)  # at scale 0 it does not
+    # camera(10) and camera(11), each encoded once (with its negative, an all-black image, as diffusers'
+    # plus adapters take it): the cache serves the other three frames
+    assert len(encoded) == 2 * 2

@@ -36,7 +36,8 @@ async def session_of(live: Live, user_id: str) -> Session:
 @router.websocket("/api/ws/{user_id}")
 async def websocket(websocket: WebSocket, user_id: str, live: Live) -> None:
     conversation = protocol.Conversation(
-        websocket, live.sessions, live.loaded.pipeline.InputParams, live.info.input_mode, live.config
+        websocket, live.sessions, live.loaded.pipeline.InputParams, live.info.input_mode, live.config,
+        takes_image_prompt=live.info.takes_image_prompt,
     )
     task = asyncio.current_task()
     assert task is not None
