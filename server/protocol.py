@@ -282,6 +282,7 @@ class Conversation:
         elif message.get("clear") is True:
             self.image_prompt = None
             self.errors_in_a_row = 0
+            log.info("session %s: image prompt cleared", session.short_id)
             self.sessions.send(session, {"status": "info", "message": "Image prompt cleared: the camera frame is the image prompt"})
         else:
             self.expecting = "image_prompt"  # its JPEG comes next

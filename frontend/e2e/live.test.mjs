@@ -950,3 +950,43 @@ describe('a ControlNet stack (a set-up) against the real server', { timeout: 600
 		await stopSession(page);
 	});
 });
+
+describe('an image prompt (an IP-Adapter set-up) against the real server', { timeout: 600_000 }, () => {
+	const suite = new LiveSuite([], 'IPcompositionHyperSD15');
+	const ipServer = suite.server;
+
+	it('sends a dropped picture once, an output on request, clears it, and sends it again on the next start', async () => {
+		const page = await suite.livePage();
+		const panel = page.locator('[data-testid=image-prompt]');
+		assert.ok(await panel.isVisible(), 'the image prompt panel');
+		assert.match(await panel.innerText(), /the camera frame is used/);
+		await startSession(page, 2);
+		// A picture file, as a person would choose one (a PNG: the page re-encodes it as a JPEG).
+		const picture = await page.locator('[data-testid=pipeline-title]').screenshot();
+		let mark = ipServer.mark();
+		await page.locator('[data-testid=image-prompt-file]').setInputFiles({ name: 'prompt.png', mimeType: 'image/png', buffer: picture });
+		await ipServer.waitForLog(/image prompt set \(\d+ bytes\)/, { from: mark });
+		assert.ok(await page.locator('[data-testid=image-prompt-preview]').isVisible(), 'a preview of it');
+		const shown = await debug(page, 'framesShown()');
+		await waitForFrames(page, shown + 2);
+		assert.equal(ipServer.log.slice(mark).match(/image prompt set/g).length, 1, 'sent once, not with every frame');
+
+		mark = ipServer.mark();
+		await page.getByRole('button', { name: 'Use this output' }).click();
+		await ipServer.waitForLog(/image prompt set/, { from: mark });
+
+		mark = ipServer.mark();
+		await page.getByRole('button', { name: 'Clear' }).click();
+		await ipServer.waitForLog(/image prompt cleared/, { from: mark });
+		assert.match(await panel.innerText(), /the camera frame is used/);
+
+		// A picture chosen while stopped goes out when the next session starts.
+		await stopSession(page);
+		await page.locator('[data-testid=image-prompt-file]').setInputFiles({ name: 'prompt.png', mimeType: 'image/png', buffer: picture });
+		mark = ipServer.mark();
+		await startSession(page, 1);
+		await ipServer.waitForLog(/image prompt set/, { from: mark });
+		await page.screenshot({ path: artifact('06-image-prompt.png') });
+		await stopSession(page);
+	});
+});

@@ -9,6 +9,7 @@ import {
 	mergeValues,
 	pipelineTitle,
 	slug,
+	takesImagePrompt,
 	type ParamValues,
 	type Settings
 } from './schema';
@@ -54,6 +55,7 @@ export class Pipeline {
 	readonly widgets = $derived(buildWidgets(this.settings?.input_params));
 	readonly mode = $derived(inputMode(this.settings));
 	readonly title = $derived(pipelineTitle(this.settings));
+	readonly takesImagePrompt = $derived(takesImagePrompt(this.settings));
 	/** The pipeline's short name (snapshot names and metadata, stored values). */
 	readonly name = $derived(nameOf(this.settings));
 	/** Width and height of the frames sent and generated. */

@@ -168,6 +168,22 @@ describe('LiveClient', () => {
 		expect(sent).toMatchObject({ bytes: 5, empty: false });
 	});
 
+	it('sends an image prompt as a status then its JPEG, or a clear; nothing before the session is up', () => {
+		const jpeg = new Uint8Array([0xff, 0xd8, 9]);
+		t.client.connect();
+		expect(t.client.sendImagePrompt(jpeg)).toBe(false);
+		accept(t);
+		expect(t.client.sendImagePrompt(jpeg)).toBe(true);
+		expect(t.client.sendImagePrompt(null)).toBe(true);
+		expect(t.sock.sent.map((m) => (typeof m === 'string' ? JSON.parse(m) : m))).toEqual([
+			{ status: 'image_prompt' },
+			jpeg,
+			{ status: 'image_prompt', clear: true }
+		]);
+		t.client.stop();
+		expect(t.client.sendImagePrompt(jpeg)).toBe(false);
+	});
+
 	it('says new_source with the first frame of another input, and only then', async () => {
 		let source = 1;
 		t = setup({ sourceId: () => source });

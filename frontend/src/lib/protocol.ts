@@ -139,6 +139,23 @@ export class LiveClient {
 		ws.onclose = (ev) => this.onClose(ev.code, ev.reason);
 	}
 
+	/**
+	 * Send an image prompt (a JPEG) for the server to use with every frame from now on, or drop it
+	 * (null). Two messages in one go, between frame replies (those are sent in one go too).
+	 * False when there is no open session to send it to.
+	 */
+	sendImagePrompt(jpeg: FrameData | null): boolean {
+		const ws = this.ws;
+		if (!ws || this.state !== 'connected' || ws.readyState !== WS_OPEN) return false;
+		if (jpeg === null) {
+			ws.send(JSON.stringify({ status: 'image_prompt', clear: true }));
+		} else {
+			ws.send(JSON.stringify({ status: 'image_prompt' }));
+			ws.send(jpeg);
+		}
+		return true;
+	}
+
 	/** Close the session from our side. */
 	stop(): void {
 		this.end('stopped', '');

@@ -239,6 +239,11 @@ export function inputMode(settings: Pick<Settings, 'info'> | null | undefined): 
 	return d === 'text' ? 'text' : 'image';
 }
 
+/** Whether the pipeline takes an image prompt besides the frames (an IP-Adapter set-up). */
+export function takesImagePrompt(settings: Pick<Settings, 'info'> | null | undefined): boolean {
+	return settings?.info?.properties?.takes_image_prompt?.default === true;
+}
+
 export function pipelineTitle(settings: Pick<Settings, 'info'> | null | undefined): string {
 	const t = settings?.info?.properties?.title?.default;
 	return typeof t === 'string' && t ? t : 'Live Diffusion';

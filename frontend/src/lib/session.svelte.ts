@@ -30,6 +30,8 @@ export interface SessionHooks {
 	onServerError(message: string): void;
 	/** News from the server that is no error; the session goes on. */
 	onServerInfo?(message: string): void;
+	/** The image prompt to send when the session starts (IP-Adapter pipelines), or null. */
+	imagePrompt?(): Blob | null;
 	onEnded(reason: EndReason, message: string): void;
 }
 
@@ -111,6 +113,11 @@ export class LiveSession {
 		client.connect();
 	}
 
+	/** Send a new image prompt (or drop it: null) to the live session; a later session sends the hook's. */
+	sendImagePrompt(jpeg: Blob | null): void {
+		if (this.phase === 'live') this.#client?.sendImagePrompt(jpeg);
+	}
+
 	stop(): void {
 		if (this.phase === 'idle') return;
 		if (this.#client) this.#client.stop();
@@ -128,11 +135,14 @@ export class LiveSession {
 	#onClientEvent(c: LiveClient, e: ClientEvent): void {
 		if (c !== this.#client) return;
 		switch (e.type) {
-			case 'connected':
+			case 'connected': {
 				this.phase = 'live';
 				this.streamToken = e.streamToken;
+				const prompt = this.#hooks.imagePrompt?.() ?? null;
+				if (prompt) c.sendImagePrompt(prompt);
 				this.#hooks.onLive(this.userId, e.streamToken);
 				break;
+			}
 			case 'frame-sent':
 				// A text pipeline generates only when the parameters change: only such sends wait
 				// for an output, so only they count for latency.
