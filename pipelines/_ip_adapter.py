@@ -51,7 +51,8 @@ class ImagePrompts:
         else:
             encoder = options.image_encoder_id or encoder
             image_encoder = _load(CLIPVisionModelWithProjection, encoder, dtype)
-            processor = CLIPImageProcessor()
+            side = image_encoder.config.image_size  # as diffusers' load_ip_adapter sizes its processor
+            processor = CLIPImageProcessor(size=side, crop_size=side)
             source, where = _adapter_file(options.ip_adapter_id or adapter)
         pipe.image_encoder, pipe.feature_extractor = image_encoder, processor
         try:

@@ -290,3 +290,30 @@ def test_the_readme_table_names_every_anchor_module_and_its_commands_start_it():
             assert (composed.base, composed.accelerator, composed.controlnets, composed.ip_adapter) == (
                 named.base, named.accelerator, named.controlnets, named.ip_adapter)
             assert config.model_id == named.model_id
+
+
+def test_an_ip_adapter_and_its_image_encoder_load_from_local_files(tmp_path):
+    """The adapter as a .safetensors file in the published layout and the encoder as a folder, on a
+    base folder, no hub: loaded, and in use."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    from pipelines._loading import NO_SAFETY_CHECKER, SD_BETAS
+
+    components = tiny.tiny_sd15(seed=4, lcm=False)
+    StableDiffusionImg2ImgPipeline(**components, scheduler=EulerDiscreteScheduler(**SD_BETAS), **NO_SAFETY_CHECKER
+                                   ).save_pretrained(tmp_path / "base")
+    encoder, _ = tiny.tiny_image_encoder(seed=2)
+    encoder.save_pretrained(tmp_path / "encoder")
+    adapter = tiny.tiny_ip_adapter(components["unet"], encoder, composition=True, seed=3)
+    save_file({f"{part}.{key}": value.contiguous() for part, weights in adapter.items() for key, value in weights.items()},
+              str(tmp_path / "adapter.safetensors"))
+    module = pipelines.load_module("setup", Choices(base="sd15", accelerator="none", ip_adapter="composition"))
+    options = pipelines.ModelOptions(model_id=str(tmp_path / "base"), taesd=False, ip_adapter_id=str(tmp_path / "adapter.safetensors"),
+                                     image_encoder_id=str(tmp_path / "encoder"))
+    pipe = module.Pipeline(options, torch.device("cpu"), torch.float32)
+    params = pipe.InputParams(prompt="a lighthouse", width=256, height=256, steps=2, strength=0.5, ip_adapter_scale=1.0)
+    with_prompt = np.asarray(pipe.predict_batch([params], [frame(1)], image_prompts=[frame(2)])[0]).astype(int)
+    other = np.asarray(pipe.predict_batch([params], [frame(1)], image_prompts=[frame(3)])[0]).astype(int)
+    assert np.abs(with_prompt - other).max() > 2  # the adapter is in use
+    with pytest.raises(pipelines.ModelUnavailable, match="no such file"):
+        module.Pipeline(options.model_copy(update={"ip_adapter_id": "./missing.safetensors"}), torch.device("cpu"), torch.float32)
