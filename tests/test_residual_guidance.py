@@ -94,3 +94,18 @@ def test_guidance_modes_are_offered_where_cfg_runs():
     assert "guidance_mode" not in fields("setup", Choices(base="lcm-dreamshaper"))  # LCM-distilled: no CFG at all
     with pytest.raises(ValueError):
         pipelines.load_module("controlnetSDTurbo").InputParams(guidance_mode="half")
+
+
+def test_the_benchmark_counts_half_the_unet_evaluations_of_cfg(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "bench" / "residual_guidance.py"
+    result = subprocess.run([sys.executable, str(script), "--quick", "--json", str(tmp_path / "out.json")],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["mode"]: r["unet_rows_per_frame"] for r in json.loads((tmp_path / "out.json").read_text())["results"]}
+    assert rows == {"no guidance": 2, "full CFG": 4, "self-negative": 2, "one-time negative": 3}
+    assert "| self-negative | 2 |" in result.stdout  # the printed table
