@@ -30,7 +30,8 @@ def img2img_server():
 # together. The sort is stable: each module's tests stay together, in their order.
 SLOW_FIRST = (
     "test_gpu_check.py", "test_bench.py", "test_soak.py", "test_temporal.py", "test_bench_temporal.py",
-    "test_loading.py", "test_scale_out.py", "test_pipelines.py",
+    "test_loading.py", "test_scale_out.py", "test_pipelines.py", "test_setup_streams.py", "test_setup_equivalence.py",
+    "test_residual_guidance.py", "test_setups.py",
 )
 
 

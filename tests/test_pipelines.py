@@ -15,7 +15,6 @@ from PIL import Image, ImageDraw
 from pydantic import ValidationError
 
 import pipelines
-import pipelines._setups
 from bench.live import Client, LiveUser, camera_pixels, jpeg_size, mjpeg_frames, run_server, take
 from pipelines import _tiny as tiny
 from pipelines._loading import SD_BETAS, ModelMismatch
@@ -263,21 +262,6 @@ def test_sdxl_single_file_checkpoint_loads(tmp_path):
 def test_every_pipeline_streams_through_the_server(name):
     with run_server("--tiny", "--pipeline", name) as server:
         assert_streams(server, name)
-
-
-# Every anchor module name that is a set-up here (the others are the modules above).
-SET_UPS = [name for name in pipelines.setups() if name not in pipelines._setups.ANCHOR_MODULES]
-
-
-@pytest.mark.parametrize("name", SET_UPS)
-def test_every_set_up_streams_through_the_server(name):
-    with run_server("--tiny", "--pipeline", name) as server:
-        assert_streams(server, name)
-
-
-def test_a_set_up_of_ones_own_streams_through_the_server():
-    with run_server("--tiny", "--base", "sd15", "--accelerator", "pcm:2", "--controlnet", "depth,canny,qr") as server:
-        assert_streams(server, "setup")
 
 
 def assert_streams(server, name: str) -> None:
