@@ -65,6 +65,7 @@ class ImagePrompts:
         self.hidden_states = not isinstance(pipe.unet.encoder_hid_proj.image_projection_layers[0], ImageProjection)
         self._scale: float | None = None
         self._cache: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._negative: torch.Tensor | None = None  # the hidden-states adapters' negative: a black image's, once
 
     def set_scale(self, scale: float) -> None:
         if scale != self._scale:
@@ -76,10 +77,11 @@ class ImagePrompts:
         digests = [hashlib.blake2b(image.tobytes(), digest_size=16, key=repr(image.size).encode()).digest() for image in images]
         missing = [i for i, digest in enumerate(digests) if digest not in self._cache]
         if missing:
-            device = next(self.pipe.image_encoder.parameters()).device
-            positive, negative = self.pipe.encode_image([images[i] for i in missing], device, 1, self.hidden_states)
+            positive = self._encode([images[i] for i in missing])
             for row, i in enumerate(missing):
-                self._cache[digests[i]] = (positive[row : row + 1][None], negative[row : row + 1][None])
+                embeds = positive[row : row + 1]
+                negative = self._negative if self.hidden_states else torch.zeros_like(embeds)
+                self._cache[digests[i]] = (embeds[None], negative[None])
                 if len(self._cache) > CACHED_PROMPTS:
                     self._cache.popitem(last=False)
         found = []
@@ -87,6 +89,21 @@ class ImagePrompts:
             self._cache.move_to_end(digest)
             found.append(self._cache[digest])
         return found
+
+
+    def _encode(self, images: list[Image.Image]) -> torch.Tensor:
+        """The images' embeddings as diffusers' `encode_image` computes them (the plain adapter: the
+        projected embedding; the others: the penultimate hidden states), without its negative for each
+        call: the plain adapter's is zeros, the others' a black image's, computed once here."""
+        encoder = self.pipe.image_encoder
+        parameter = next(encoder.parameters())
+        pixels = self.pipe.feature_extractor(images, return_tensors="pt").pixel_values
+        pixels = pixels.to(device=parameter.device, dtype=parameter.dtype)
+        if not self.hidden_states:
+            return encoder(pixels).image_embeds
+        if self._negative is None:
+            self._negative = encoder(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
+        return encoder(pixels, output_hidden_states=True).hidden_states[-2]
 
 
 def _load(cls: Any, source: str, dtype: torch.dtype) -> Any:
