@@ -18,7 +18,28 @@ text_encoder, tokenizer), so the two are interchangeable in the benchmarks.
 | `open_clip_vit_bigg()` | SDXL's `text_encoder_2` (OpenCLIP ViT-bigG/14, with its projection) |
 | `autoencoder_kl_sdxl()` | SDXL's `vae` (the SD VAE's architecture, SDXL's scaling factor) |
 | `taesdxl()` | madebyollin/taesdxl (the same architecture as TAESD) |
-| `lora(unet)` | a LoRA on the UNet's attention projections (stands in for latent-consistency/lcm-lora-sdxl, fused) |
+| `lora(unet)` | a LoRA on the UNet's attention projections (stands in for an accelerator's LoRA: LCM-LoRA, Hyper-SD, PCM, Flash, VegaRT; fused) |
+| `sd15(lcm=False)` | stable-diffusion-v1-5 and its fine-tunes (the set-ups' SD 1.5 base: no guidance embedding) |
+| `depth_anything_small()` | LiheYoung/depth-anything-small-hf (Dinov2-small backbone: hidden 384, 12 layers, 6 heads, patch 14, 518x518) |
+| `dpt_swinv2_base_384()` | Intel/dpt-swinv2-base-384 (Swinv2-base backbone: embed_dim 128, depths (2, 2, 18, 2), heads (4, 8, 16, 32), window 24, 384x384) |
+| `image_encoder(source)` | an IP-Adapter's image encoder (`CLIPVisionModelWithProjection`): h94/IP-Adapter's `models/image_encoder` (OpenCLIP ViT-H/14), `sdxl_models/image_encoder` (ViT-bigG/14) |
+
+The model set-ups (pipelines/_setups.py) are built from these too: every ControlNet of a family is
+`controlnet(unet)` of that family's UNet (the SD 1.5 canny, depth, lineart and QR-monster ControlNets,
+thibaud's SD 2.1 ones, and the SDXL canny, depth, MistoLine and QR-monster ones are each a full copy of
+their UNet's encoder); `depth_model(model_id)` picks a depth annotator as
+`pipelines._annotators.tiny_depth_model` does (DPT when the id says "dpt", else Depth Anything).
+
+What could not be checked here, with no hub: the depth models' configs are those of transformers'
+own conversion script for DPT-SwinV2 (`get_dpt_config("dpt-swinv2-base-384")`: the Swinv2 numbers
+above, pretrained windows (12, 12, 12, 6), neck 128/256/512/1024, DPTConfig's other defaults) and of
+`DepthAnythingConfig()`'s defaults, which are the small model's; the hub's config.json files were not
+read. Two bases have no builder of their own and are built as their family's full model, which costs
+more than they do: SDXS-512 (a pruned SD 2.1 UNet with its own tiny autoencoder: `sd21()` with `taesd()`
+as its VAE) and Segmind Vega (a distilled SDXL UNet of about 0.75B parameters against 2.6B: `sdxl()`).
+MistoLine is taken to be a full SDXL ControlNet, as its file size says. The image encoders' configs
+are those of OpenCLIP's ViT-H/14 and ViT-bigG/14 vision towers (the text towers' numbers above are the
+same models'); their config.json files were not read either.
 
 `built_on(device)` builds on that device (no copy from the CPU: on a GPU host the random
 initialisation of the SDXL UNet takes a moment instead of many seconds).
@@ -199,6 +220,61 @@ def sdxl(seed: int = SEED) -> dict[str, Any]:
     return {"unet": sdxl_unet(seed), "vae": autoencoder_kl_sdxl(seed), "text_encoder": clip_vit_l(seed),
             "text_encoder_2": open_clip_vit_bigg(seed), "tokenizer": tiny.tiny_tokenizer(),
             "tokenizer_2": tiny.tiny_tokenizer()}
+
+
+# The vision towers of OpenCLIP ViT-H/14 and ViT-bigG/14, as h94/IP-Adapter ships them (CLIPVisionModelWithProjection).
+CLIP_VISION_VIT_H = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                     "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 1024,
+                     "hidden_act": "gelu"}
+CLIP_VISION_VIT_BIGG = {"hidden_size": 1664, "intermediate_size": 8192, "num_hidden_layers": 48,
+                        "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 1280,
+                        "hidden_act": "gelu"}
+
+
+def image_encoder(source: str, seed: int = SEED) -> tuple[Any, Any]:
+    """(CLIPVisionModelWithProjection, CLIPImageProcessor) as `pipelines._tiny.tiny_image_encoder` returns them,
+    at full size: ViT-bigG/14 for h94/IP-Adapter's `sdxl_models/image_encoder`, else ViT-H/14 (`models/image_encoder`).
+    The processor is CLIPImageProcessor's defaults (224x224), the encoders' own."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    spec = CLIP_VISION_VIT_BIGG if "sdxl_models" in source else CLIP_VISION_VIT_H
+    with _seeded(seed):
+        encoder = _ready(CLIPVisionModelWithProjection(CLIPVisionConfig(**spec)))
+    return encoder, CLIPImageProcessor()
+
+
+# transformers' conversion script for Intel's DPT-SwinV2 checkpoints (`get_dpt_config`), base at 384.
+SWINV2_BASE_384 = {"image_size": 384, "embed_dim": 128, "depths": (2, 2, 18, 2), "num_heads": (4, 8, 16, 32),
+                   "window_size": 24, "pretrained_window_sizes": (12, 12, 12, 6),
+                   "out_features": ["stage1", "stage2", "stage3", "stage4"]}
+DPT_SWINV2_BASE_NECK = (128, 256, 512, 1024)  # the channels of the four Swinv2 stages: embed_dim * 2**i
+# Depth Anything small: a Dinov2-small backbone (DepthAnythingConfig's defaults are this model's).
+DINOV2_SMALL = {"image_size": 518, "patch_size": 14, "hidden_size": 384, "num_hidden_layers": 12,
+                "num_attention_heads": 6, "mlp_ratio": 4, "out_indices": [9, 10, 11, 12],
+                "reshape_hidden_states": False}
+DEPTH_ANYTHING_SMALL = {"reassemble_hidden_size": 384, "neck_hidden_sizes": (48, 96, 192, 384),
+                        "fusion_hidden_size": 64, "head_hidden_size": 32, "patch_size": 14}
+
+
+def depth_anything_small(seed: int = SEED) -> Any:
+    from transformers import AutoModelForDepthEstimation, DepthAnythingConfig, Dinov2Config
+
+    config = DepthAnythingConfig(backbone_config=Dinov2Config(**DINOV2_SMALL), **DEPTH_ANYTHING_SMALL)
+    with _seeded(seed):
+        return AutoModelForDepthEstimation.from_config(config).float().eval()
+
+
+def dpt_swinv2_base_384(seed: int = SEED) -> Any:
+    from transformers import AutoModelForDepthEstimation, DPTConfig, Swinv2Config
+
+    config = DPTConfig(backbone_config=Swinv2Config(**SWINV2_BASE_384), neck_hidden_sizes=DPT_SWINV2_BASE_NECK)
+    with _seeded(seed):
+        return AutoModelForDepthEstimation.from_config(config).float().eval()
+
+
+def depth_model(model_id: str, seed: int = SEED) -> Any:
+    """The full-size depth annotator `model_id` names, by the rule of `pipelines._annotators.tiny_depth_model`."""
+    return dpt_swinv2_base_384(seed) if "dpt" in model_id.lower() else depth_anything_small(seed)
 
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")

@@ -10,7 +10,9 @@ What it measures, in this order (each a "section"; docs/benchmarks.md#gpu-check)
 
 - model_path: frames per second of each pipeline's own `predict` (what the server's worker calls),
   every pipeline of `server/main.py --list-pipelines` at its default size, SDXL also at 1024 (its
-  default is 768); the UNet calls a frame and the peak GPU memory;
+  default is 768), and model set-ups, one per accelerator and family (`SETUPS` in
+  bench/gpu_check_sections.py), at their default sizes, a frame or two each, the most used first, as
+  far as the section's time goes; the UNet calls a frame and the peak GPU memory;
 - batching: img2img at 512x512, 1, 2, 4 and 8 users' frames as one batch (`predict_batch`): frames
   per second in total and per user;
 - temporal: img2img at 512x512, seconds a frame at temporal_consistency 0 and 1 (bench/temporal.py's
@@ -32,8 +34,10 @@ and recorded as such, with what it had measured, and a new child goes on with th
 After every section the JSON and the Markdown are written again, so an interrupted run keeps
 what it measured. Nothing here waits without a time limit.
 
-Estimated on an H100 (float16): start-up 15-30 s (imports, CUDA); model_path 60-110 s (building the
-random models, a few seconds each, SDXL's about 20; frames of 15-150 ms); batching and temporal
+Estimated on an H100 (float16): start-up 15-30 s (imports, CUDA); model_path 60-110 s for the modules
+(building the random models, a few seconds each, SDXL's about 20; frames of 15-150 ms), and the set-ups
+in what is left of its 150 s (about 10 s each for SD 1.5, 25 for SDXL: the later SDXL ones are
+skipped for time, and said so); batching and temporal
 10-25 s each; serving 40-60 s (the server's start-up, 5 s per number of users); torch_compile
 90-200 s (a UNet compiles in 1-3 minutes). About 4-7 minutes in all; the caps keep it within the
 budget whatever happens, torch_compile taking what is left (it runs last for that reason).

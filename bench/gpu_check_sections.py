@@ -22,20 +22,43 @@ from typing import Any, Callable, Iterator
 from bench import report
 from bench.gpu_check import CONTROL, caps, minimums
 from bench.model_path import CASES as MODEL_PATH_CASES
-from bench.model_path import PROMPT, Case, Clock, Recorder, build_components, build_ours, camera_frame
+from bench.model_path import PROMPT, Case, Clock, Recorder, build_components, build_ours, camera_frame, case_for
 
-# Full-size random builders per pipeline: model_path's three, and the two it does not measure.
+# Full-size random builders per pipeline module: model_path's three, and the two it does not measure
+# (the set-ups' cases come from bench/model_path.py's `case_for`).
 CASES = {
     **MODEL_PATH_CASES,
     "txt2img": Case("txt2img", "sd15", steps=4, strength=1.0, naive_steps=4),
     "img2img_sdxl_lcm_lora": Case("img2img_sdxl_lcm_lora", "sdxl", steps=4, strength=0.5, naive_steps=4),
 }
-ORDER = ("img2img", "img2img_sd_turbo", "controlnet_canny", "txt2img", "img2img_sdxl_lcm_lora")  # the dearest last
+# Model set-ups (pipelines/_setups.py) measured besides the modules, each at its default size: one per
+# accelerator and family, the depth annotators and an image prompt (IP-Adapter) among them. Left out:
+# SDXL with LCM-LoRA (the module img2img_sdxl_lcm_lora is that), SDXL with Flash (it costs what Hyper-SD
+# on SDXL does: a fused LoRA, one UNet call at 1024), and the two bases with no full-size builder of
+# their own, Segmind Vega and SDXS (bench/full_size.py builds them as SDXL and SD 2.1: their figure here
+# would be another set-up's).
+SETUPS = (
+    "controlnetLoraSD15", "controlnetDepthHyperSD", "controlnetFlashSD", "controlnetPCMSD15", "IPcompositionHyperSD15",
+    "controlnetSDTurbo", "img2imgSDXLTurbo", "controlnetDepthHyperSDXL", "img2imgSDXL-Lightning",
+)
+# The most used first, as far as the section's time goes (what it does not reach is listed as skipped):
+# the server's own modules that the other sections measure, then what runs in real time on one GPU (SD
+# 1.5 and SD-Turbo set-ups, SDXL-Turbo at 512), then SDXL at 768 and 1024, the dearest last.
+ORDER = (
+    "img2img", "img2img_sd_turbo", "controlnet_canny", "controlnetLoraSD15", "controlnetDepthHyperSD",
+    "controlnetSDTurbo", "txt2img", "img2imgSDXLTurbo", "controlnetFlashSD", "controlnetPCMSD15",
+    "IPcompositionHyperSD15", "img2img_sdxl_lcm_lora", "controlnetDepthHyperSDXL", "img2imgSDXL-Lightning",
+)
+# Measured frames of a set-up: at most these (and the section's limits); --quick: its warm-up frame is its
+# one frame (the set-ups' code path, in half the time).
+SETUP_FRAMES = {"frames": 2, "seconds": 1.0}
 EXTRA_SIZES = {"img2img_sdxl_lcm_lora": (1024,)}  # besides each pipeline's default size (SDXL's is 768)
 QUICK_SIZES = (256, 512)  # --quick: the first of these a pipeline takes (SDXL: 512 at least)
 # Seconds to build a pipeline's full-size random models on a GPU host (built on the GPU), and to warm it
-# up: below this much time left in the section, the pipeline is skipped.
+# up: below this much time left in the section, the pipeline is skipped. SDXL-Lightning's re-seeded UNet
+# is built once more on the CPU (bench/model_path.py): LIGHTNING_EXTRA_S more.
 BUILD_ESTIMATE_S = {"sd15": 15.0, "sd21": 15.0, "sdxl": 40.0}
+LIGHTNING_EXTRA_S = 30.0
 SIZE = 512  # batching, temporal, serving, torch_compile: img2img's default size
 QUICK_SIZE = 256
 USERS = (1, 2, 4, 8)
@@ -48,9 +71,10 @@ FULL = {"frames": 30, "seconds": 3.0, "batches": 10, "temporal_frames": 10, "ser
 QUICK = {"frames": 1, "seconds": 0.5, "batches": 1, "temporal_frames": 3, "serving_s": 1.0, "serving_warmup_s": 0.3}
 
 WHAT = {
-    "model_path": "ms/frame: Pipeline.predict(params, frame) of the pipeline's own module (what the server's worker "
-                  "calls), median [min-max] over the measured frames after one warm-up frame; fps = 1 / median; UNet "
-                  "calls counted in the warm-up frame; peak GPU: torch.cuda.max_memory_allocated over the frames.",
+    "model_path": "ms/frame: Pipeline.predict(params, frame) of the pipeline's own module or set-up (what the "
+                  "server's worker calls, a set-up's annotators included), median [min-max] over the measured frames "
+                  "after one warm-up frame (a set-up: at most 2); fps = 1 / median; UNet calls counted in the warm-up "
+                  "frame; peak GPU: torch.cuda.max_memory_allocated over the frames.",
     "batching": "img2img, one predict_batch call for the users' frames (each its own prompt and seed, one size): "
                 "fps total = users / batch time, fps per user = 1 / batch time.",
     "temporal": "img2img, one stream per temporal_consistency setting over a panning clip, interleaved frame by "
@@ -137,7 +161,7 @@ def build(ctx: Context, name: str, compile_: bool = False) -> tuple[Any, float]:
             options = ModelOptions(tiny=True, torch_compile=compile_)
             pipeline = pipelines.load_module(name).Pipeline(options, ctx.device, ctx.dtype)
         else:
-            case = CASES[name]
+            case = CASES[name] if name in CASES else case_for(name)
             components = build_components(case, True, ctx.device)
             pipeline = build_ours(case, components, True, ctx.device, ctx.dtype, compile_)
     synchronize(ctx)
@@ -221,20 +245,30 @@ def fps(stats: dict[str, Any]) -> float | None:
 # --- sections -------------------------------------------------------------------------------------------
 
 
-def model_path(ctx: Context, record: dict[str, Any]) -> None:
-    """Frames per second of every pipeline at its default size (SDXL also at 1024)."""
+def model_path_names() -> list[str]:
+    """What the model_path section measures, in its order: every module of --list-pipelines, and SETUPS."""
     import pipelines
 
+    return sorted([*pipelines.available(), *SETUPS], key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def model_path(ctx: Context, record: dict[str, Any]) -> None:
+    """Frames per second of every pipeline at its default size (SDXL also at 1024), and of the set-ups."""
+    from pipelines._setups import ACCELERATORS, ANCHORS
+
     record.update(results=[], failures=[])
-    names = sorted(pipelines.available(), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    names = model_path_names()
     record["pipelines"] = names
     for name in names:
-        if not ctx.quick and name not in CASES:
+        if not ctx.quick and name not in CASES and name not in ANCHORS:
             record["skipped"].append({"what": name, "why": "no full-size random builders for it (CASES in "
                                                          "bench/gpu_check_sections.py)"})
             continue
-        family = CASES[name].family if name in CASES else "sd15"
+        set_up = ANCHORS.get(name)
+        family = CASES[name].family if name in CASES else set_up.family if set_up else "sd15"
         need = 0.0 if ctx.quick else BUILD_ESTIMATE_S[family]
+        if set_up is not None and ACCELERATORS[set_up.accelerator].unets and not ctx.quick:
+            need += LIGHTNING_EXTRA_S
         if ctx.left() < need:
             record["skipped"].append({"what": name, "why": f"{ctx.left():.0f} s left in the section, building and "
                                                          f"warming it up takes about {need:.0f} s"})
@@ -252,8 +286,12 @@ def model_path(ctx: Context, record: dict[str, Any]) -> None:
 
 
 def measure_pipeline(ctx: Context, record: dict[str, Any], name: str) -> None:
-    """One pipeline at its sizes, into record["results"]."""
+    """One pipeline at its sizes, into record["results"]; a set-up at its default size, a frame or two."""
+    from pipelines._setups import ANCHORS
+
     limits = ctx.limits
+    if name in ANCHORS:
+        limits = {**limits, **{key: min(limits[key], value) for key, value in SETUP_FRAMES.items()}}
     pipeline, build_s = build(ctx, name)
     try:
         if ctx.quick:
@@ -276,8 +314,11 @@ def measure_pipeline(ctx: Context, record: dict[str, Any], name: str) -> None:
             with Recorder({"unet": pipeline.pipe.unet}, keep_inputs=False) as recorder:
                 _, warmup_s = ctx.clock(lambda: pipeline.predict(params, frames[0]))
             counter = iter(range(10**9))
-            times = time_frames(ctx, lambda: pipeline.predict(params, frames[next(counter) % len(frames)]),
-                                limits["frames"], limits["seconds"])
+            if ctx.quick and name in ANCHORS:
+                times = [warmup_s]
+            else:
+                times = time_frames(ctx, lambda: pipeline.predict(params, frames[next(counter) % len(frames)]),
+                                    limits["frames"], limits["seconds"])
             stats = report.stats(times)
             result = {
                 "pipeline": name, "size": size, "steps": getattr(params, "steps", None),

@@ -1,7 +1,8 @@
 """The GPU check keeps working: `bench/gpu_check.sh --quick` (miniature models, small sizes and counts)
 runs every section to the end, as a user would run it, and writes its JSON and Markdown with numbers
-in every section and a row per pipeline; and the process that watches the sections records a section
-that overruns its time, a process that dies, and one that cannot start, and goes on."""
+in every section and a row per pipeline and per set-up it measures; and the process that watches the
+sections records a section that overruns its time, a process that dies, and one that cannot start,
+and goes on."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pathlib import Path
 import pytest
 
 import pipelines
-from bench import gpu_check
+from bench import gpu_check, gpu_check_sections
 from bench.live import REPO_ROOT, server_env
+from pipelines._denoise import img2img_step_count
 
 SECTIONS = ["model_path", "batching", "temporal", "serving", "torch_compile"]
 
@@ -49,11 +51,17 @@ def test_gpu_check_quick(tmp_path: Path) -> None:
         assert 0 < section["elapsed_s"] <= section["budget_s"] + gpu_check.QUICK_GRACE, (name, section)
 
     model_path = sections["model_path"]["results"]
-    assert sorted(r["pipeline"] for r in model_path) == sorted(pipelines.available())  # what --list-pipelines lists
+    measured = [*pipelines.available(), *gpu_check_sections.SETUPS]  # every module of --list-pipelines, and set-ups
+    assert sorted(r["pipeline"] for r in model_path) == sorted(measured)
+    assert [r["pipeline"] for r in model_path] == gpu_check_sections.model_path_names()  # the most used first
     for result in model_path:
         assert positive(result["fps"]) and positive(result["seconds"]["median"]) and result["unet_calls"] >= 1, result
         assert result["fps"] == pytest.approx(1 / result["seconds"]["median"])
-    assert {r["pipeline"]: r["unet_calls"] for r in model_path}["img2img_sd_turbo"] == 1
+    calls = {r["pipeline"]: r["unet_calls"] for r in model_path}
+    assert calls["img2img_sd_turbo"] == 1
+    for name in gpu_check_sections.SETUPS:  # a UNet call a step run: int(steps * strength), at least one
+        params = pipelines.load_module(name).InputParams()
+        assert calls[name] == img2img_step_count(params.steps, params.strength), name
 
     batching = sections["batching"]["results"]
     assert [r["users"] for r in batching] == [1, 2]
@@ -84,7 +92,7 @@ def test_gpu_check_quick(tmp_path: Path) -> None:
     assert f"device: {device['name']}" in markdown and f"dtype {device['dtype']}" in markdown
     table = markdown.split("## Model path\n", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in table.splitlines() if line.startswith("|")][2:]
-    assert sorted(row.split("|")[1].strip() for row in rows) == sorted(pipelines.available())
+    assert sorted(row.split("|")[1].strip() for row in rows) == sorted(measured)
     for title in ("## Sections", "## Batching", "## Temporal consistency", "## Serving path", "## torch.compile"):
         assert title in markdown
     print(f"gpu_check --quick took {took:.1f} s")
