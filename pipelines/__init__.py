@@ -147,10 +147,11 @@ def load_module(name: str, choices: Choices | None = None) -> ModuleType:
     from pipelines._setups import ANCHOR_MODULES, ANCHORS, ANCHORS_TO_COME, SetUpError
 
     if name in ANCHORS or name == COMPOSED:
+        chosen = choices or Choices()
+        set_up = (chosen.apply(ANCHORS[name]) if name in ANCHORS else chosen.compose()).check()  # before torch loads
         from pipelines._composed import setup_module
 
-        chosen = choices or Choices()
-        return setup_module(name, chosen.apply(ANCHORS[name]) if name in ANCHORS else chosen.compose())
+        return setup_module(name, set_up)
     if choices is not None and choices != Choices():
         raise SetUpError(
             f"--base, --accelerator, --scheduler and --controlnet shape a set-up; {name!r} is not one. "

@@ -264,7 +264,7 @@ def test_every_pipeline_streams_through_the_server(name):
         assert_streams(server, name)
 
 
-def assert_streams(server, name: str) -> None:
+def assert_streams(server, name: str, frames: int = 2) -> None:
     """The page's conversation: settings name the pipeline, a stream of frames of the asked size."""
 
     async def scenario():
@@ -279,10 +279,10 @@ def assert_streams(server, name: str) -> None:
             size = {"width": width["min"], "height": width["min"] + 64}
             text = properties["input_mode"]["default"] == "text"
             pump = asyncio.create_task(client.pump(size) if not text else text_pump(client, size))
-            frames = await take(stream, 2)
+            shown = await take(stream, frames)
             pump.cancel()
         await client.close()
-        assert {jpeg_size(f) for f in frames} == {(size["width"], size["height"])}
+        assert {jpeg_size(f) for f in shown} == {(size["width"], size["height"])}
 
     asyncio.run(scenario())
 
