@@ -252,7 +252,7 @@ class SetUpPipeline(DiffusersPipeline):
         own_model = {"model_id": set_up.model_id} if set_up.model_id and not config.model_id else {}
         model_options = config.model_copy(update=own_model)
         self.pipe = build_pipeline(
-            _pipeline_class(set_up), model_options, base.model_id, dtype, tiny_components=lambda: self._tiny_components(), **extra
+            _pipeline_class(set_up), model_options, base.model_id, dtype, tiny_components=self._tiny_components, **extra
         )
         if self.kinds:
             check_controlnets_fit(self.pipe, self.kinds)
@@ -323,8 +323,9 @@ class SetUpPipeline(DiffusersPipeline):
         image_embeds = None
         if self.image_prompts is not None and frames is not None:
             self.image_prompts.set_scale(shared.ip_adapter_scale)
-            chosen = [prompt or frame for prompt, frame in zip(image_prompts or [None] * len(frames), frames)]
-            image_embeds = self.image_prompts.embeds(chosen)
+            prompts = image_prompts or [None] * len(frames)
+            image_embeds = self.image_prompts.embeds([prompt or frame for prompt, frame in zip(prompts, frames)],
+                                                     kept=[prompt is not None for prompt in prompts])
         controls = []
         if frames is not None and self.kinds:
             device, dtype = placement(self.pipe.unet)

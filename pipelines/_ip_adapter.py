@@ -72,24 +72,31 @@ class ImagePrompts:
             self.pipe.set_ip_adapter_scale(scale)
             self._scale = scale
 
-    def embeds(self, images: list[Image.Image]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each image's (positive, negative) embeddings; image prompts seen before come from the cache."""
-        digests = [hashlib.blake2b(image.tobytes(), digest_size=16, key=repr(image.size).encode()).digest() for image in images]
-        missing = [i for i, digest in enumerate(digests) if digest not in self._cache]
+    def embeds(self, images: list[Image.Image], kept: list[bool]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each image's (positive, negative) embeddings. Those `kept` (image prompts, the same frame
+        after frame) come from the cache once encoded; the others (camera frames, each new) are
+        encoded as they come and not kept, so they never push an image prompt out of the cache."""
+        digests = [_digest(image) if keep else None for image, keep in zip(images, kept)]
+        missing = [i for i, digest in enumerate(digests) if digest is None or digest not in self._cache]
+        encoded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if missing:
             positive = self._encode([images[i] for i in missing])
             for row, i in enumerate(missing):
                 embeds = positive[row : row + 1]
                 negative = self._negative if self.hidden_states else torch.zeros_like(embeds)
-                self._cache[digests[i]] = (embeds[None], negative[None])
+                encoded[i] = (embeds[None], negative[None])
+        found = []
+        for i, digest in enumerate(digests):
+            if digest is None:
+                found.append(encoded[i])
+                continue
+            if i in encoded:
+                self._cache[digest] = encoded[i]
                 if len(self._cache) > CACHED_PROMPTS:
                     self._cache.popitem(last=False)
-        found = []
-        for digest in digests:
             self._cache.move_to_end(digest)
             found.append(self._cache[digest])
         return found
-
 
     def _encode(self, images: list[Image.Image]) -> torch.Tensor:
         """The images' embeddings as diffusers' `encode_image` computes them (the plain adapter: the
@@ -104,6 +111,10 @@ class ImagePrompts:
         if self._negative is None:
             self._negative = encoder(torch.zeros_like(pixels[:1]), output_hidden_states=True).hidden_states[-2]
         return encoder(pixels, output_hidden_states=True).hidden_states[-2]
+
+
+def _digest(image: Image.Image) -> bytes:
+    return hashlib.blake2b(image.tobytes(), digest_size=16, key=repr((image.size, image.mode)).encode()).digest()
 
 
 def _load(cls: Any, source: str, dtype: torch.dtype) -> Any:
