@@ -214,12 +214,14 @@ def test_parked_frames_do_not_grow_the_server(server):
         rss_parked = process.memory_info().rss
         async with httpx.AsyncClient(timeout=60) as http:  # with streams: one frame kept, then generated
             streams = [mjpeg_frames(server, c.user_id, http) for c in clients]
-            firsts = [asyncio.create_task(take(stream, 1)) for stream in streams]
+            # 40 big frames generated one after another: on a loaded 2-core machine the last comes after
+            # take()'s default minute, so each stream waits as long as the whole.
+            firsts = [asyncio.create_task(take(stream, 1, timeout=240)) for stream in streams]
             await asyncio.to_thread(server.wait_for, lambda health: health["streams"] == len(clients))
             for round_ in range(3):
                 for client in clients:
                     await client.send_frame(SMALL, frames[round_ % len(frames)])
-            assert all(len(frame) == 1 for frame in await asyncio.wait_for(asyncio.gather(*firsts), 120))
+            assert all(len(frame) == 1 for frame in await asyncio.wait_for(asyncio.gather(*firsts), 250))
             rss_streaming = process.memory_info().rss
         for client in clients:
             await client.close()
