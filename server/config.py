@@ -76,7 +76,7 @@ class Config(BaseSettings):
     )
     max_viewers: int = Field(8, ge=0, le=1000, description="Read-only viewer streams (/api/view) per session")
     idle_timeout: float = Field(
-        120.0, ge=0, description="Seconds without a valid frame or parameter message before a session ends; 0: never"
+        120.0, ge=0, description="Seconds a session waits on its client (no valid frame or parameter message; time its frame waits for the model does not count) before it ends; 0: never"
     )
     max_session_length: float = Field(0.0, ge=0, description="Seconds a session may last; 0: no limit")
     frame_deadline: float = Field(

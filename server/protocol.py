@@ -176,8 +176,10 @@ class Conversation:
         now = time.monotonic()
         limits = []
         if self.config.idle_timeout:
+            idle_since = self.sessions.idle_since(session)
             limits.append((
-                session.last_activity_at + self.config.idle_timeout - now,
+                # While the server owes the client a frame, look again one timeout later.
+                self.config.idle_timeout if idle_since is None else idle_since + self.config.idle_timeout - now,
                 f"Session timed out: no frame or parameters for {self.config.idle_timeout:g} s",
             ))
         if self.config.max_session_length:

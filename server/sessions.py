@@ -104,6 +104,9 @@ class Session:
         self.viewer_token = secrets.token_urlsafe(18)  # read-only viewer link (/api/view/{token}); not the id
         self.stream_token = secrets.token_urlsafe(18)  # the owner's streams (sent over its websocket only)
         self.created_at = self.last_activity_at = time.monotonic()
+        # When the worker last finished this session's frame: time spent waiting on the server (in the
+        # queue, or generating) is not the client's idleness.
+        self.server_turn_ended_at = self.created_at
         self.stats = SessionStats()
         # Shared with the worker, under the manager's lock:
         self.pending: Frame | None = None
@@ -266,6 +269,16 @@ class SessionManager:
         """A valid frame (or, for text pipelines, parameters): the client is there; the idle timeout
         starts again."""
         session.last_activity_at = time.monotonic()
+
+    def idle_since(self, session: Session) -> float | None:
+        """Since when the session has waited on its client: its last activity or the end of the
+        server's last turn, whichever is later. None while the server owes it a frame (its frame
+        waits for the worker or is being generated): a busy server never times out a client that
+        does as asked."""
+        with self._cond:
+            if session.pending is not None or session.in_flight:
+                return None
+            return max(session.last_activity_at, session.server_turn_ended_at)
 
     def frame_accepted(self, session: Session, frame: Frame) -> None:
         """The client answered send_frame with a valid frame (or, text pipelines, parameters): it
@@ -491,6 +504,8 @@ class SessionManager:
         """The worker is done with the source's frame (or gave up on it)."""
         with self._cond:
             source.in_flight = False
+            if isinstance(source, Session):
+                source.server_turn_ended_at = time.monotonic()
 
     def wake(self) -> None:
         with self._cond:

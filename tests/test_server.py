@@ -392,6 +392,31 @@ def test_limits_server_full_and_idle_timeout():
         run(scenario())
 
 
+def test_a_client_waiting_on_a_slow_model_is_not_idle():
+    """The idle timeout counts the time the server waits on the client, not the reverse: a frame that
+    takes longer than --idle-timeout to generate keeps its session, and the clock starts when the
+    client is asked for the next one."""
+    with run_server(*ECHO, "--idle-timeout", "1") as server:
+
+        async def scenario():
+            client = Client(server)
+            await client.connect()
+            async with httpx.AsyncClient(timeout=30) as http:
+                stream = mjpeg_frames(server, client.user_id, http)
+                first = asyncio.create_task(take(stream, 1))
+                await client.recv_until("send_frame")
+                await client.send_frame({**SMALL, "delay_ms": 3000}, camera_jpeg(1))
+                assert len(await asyncio.wait_for(first, 30)) == 1  # three timeouts' worth later
+                await client.recv_until("send_frame")  # the session went on: asked for the next frame
+                asked = time.monotonic()
+                timeout = await client.recv_until("timeout", timeout=10)  # and then silence ends it
+                assert time.monotonic() - asked >= 0.9
+                assert "no frame or parameters for 1 s" in timeout["message"]
+            assert not any(m["status"] == "timeout" for m in client.messages[:-1])
+
+        run(scenario())
+
+
 def test_max_session_length_ends_a_busy_session():
     with run_server(*ECHO, "--max-session-length", "2") as server:
 
