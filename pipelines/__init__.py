@@ -10,7 +10,8 @@ underscore: `_base` (the contract: `PipelineInfo`, `ParamsModel` and its field h
 here), `_loading`, `_device`, `_prompts`, `_denoise`, `_lora`, `_images`, `_safety`, `_pipeline`
 (the base class of the diffusers pipelines), `_tiny` (miniature models), `_setups` (model set-ups as
 choices of base, accelerator, scheduler and ControlNets, and the anchor's modules by name),
-`_composed` (the pipeline a set-up makes) and `_annotators` (depth models for ControlNets).
+`_composed` (the pipeline a set-up makes), `_annotators` (depth models for ControlNets) and `_pix2pix`
+(pix2pix-turbo's model: its adapters, VAE skips and edges).
 """
 
 from __future__ import annotations
@@ -91,9 +92,9 @@ COMPOSED = "setup"  # the set-up that --base, --accelerator, --scheduler and --c
 
 
 class UnknownPipeline(ValueError):
-    def __init__(self, name: str, why: str = "") -> None:
+    def __init__(self, name: str) -> None:
         super().__init__(
-            f"Unknown pipeline {name!r}{why}. Available: {', '.join(available())}; "
+            f"Unknown pipeline {name!r}. Available: {', '.join(available())}; "
             f"set-ups: {', '.join(setups())} (or --base, --accelerator, --controlnet)"
         )
         self.name = name
@@ -116,13 +117,12 @@ def setups() -> list[str]:
 
 
 def catalogue() -> list[tuple[str, str]]:
-    """What --list-pipelines prints: (name, what it is) for every module, then every set-up, then the
-    anchor's modules still to come. Reads no model and imports no module (their docstrings are read
+    """What --list-pipelines prints: (name, what it is) for every module, then every set-up. Reads no model and imports no module (their docstrings are read
     from the files)."""
     import ast
     from pathlib import Path
 
-    from pipelines._setups import ANCHOR_MODULES, ANCHORS, ANCHORS_TO_COME
+    from pipelines._setups import ANCHOR_MODULES, ANCHORS
 
     rows = []
     for name in available():
@@ -131,7 +131,6 @@ def catalogue() -> list[tuple[str, str]]:
     for name in setups():
         rows.append((name, f"= {ANCHOR_MODULES[name]}" if name in ANCHOR_MODULES else ANCHORS[name].describe()))
     rows.append((COMPOSED, "the set-up of --base, --accelerator, --scheduler and --controlnet"))
-    rows += [(name, f"not here yet: needs {need}") for name, need in ANCHORS_TO_COME.items()]
     return rows
 
 
@@ -144,7 +143,7 @@ def load_module(name: str, choices: Choices | None = None) -> ModuleType:
     that module instead: a pipeline kept outside this package, such as the benchmarks' and tests'
     stand-in models.
     """
-    from pipelines._setups import ANCHOR_MODULES, ANCHORS, ANCHORS_TO_COME, SetUpError
+    from pipelines._setups import ANCHOR_MODULES, ANCHORS, SetUpError
 
     if name in ANCHORS or name == COMPOSED:
         chosen = choices or Choices()
@@ -158,8 +157,6 @@ def load_module(name: str, choices: Choices | None = None) -> ModuleType:
             f"Leave --pipeline out, or name a set-up: {', '.join(setups())}"
         )
     name = ANCHOR_MODULES.get(name, name)
-    if name in ANCHORS_TO_COME:
-        raise UnknownPipeline(name, f" (the anchor's; not here yet: it needs {ANCHORS_TO_COME[name]})")
     if "." in name:
         try:
             module = importlib.import_module(name)

@@ -264,3 +264,6 @@ class ModelOptions(BaseModel):
     depth_model: str = Field("", description="Set-ups: the depth annotator (a transformers depth model: hub id or folder)")
     ip_adapter_id: str = Field("", description="Set-ups: the IP-Adapter from another file (local, or owner/repo/path in the hub)")
     image_encoder_id: str = Field("", description="Set-ups: the IP-Adapter's image encoder from another hub id or folder")
+    pix2pix_weights: str = Field(
+        "", description="pix2pix-turbo's weights (the published .pkl): a file, a URL or owner/repo/path in the hub; empty: the published edge_to_image file"
+    )

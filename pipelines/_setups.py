@@ -364,9 +364,6 @@ ANCHORS: dict[str, SetUp] = {
 
 # The anchor's modules that are pipeline modules here (same models; `img2img` and `txt2img` have the
 # same names), by the anchor's name.
-ANCHOR_MODULES: dict[str, str] = {"controlnet": "controlnet_canny", "img2imgSDTurbo": "img2img_sd_turbo"}
-
-# The anchor's modules not yet composed here, and what they need.
-ANCHORS_TO_COME: dict[str, str] = {
-    "pix2pixTurbo": "pix2pix-turbo (edge to image on SD-Turbo)",
+ANCHOR_MODULES: dict[str, str] = {
+    "controlnet": "controlnet_canny", "img2imgSDTurbo": "img2img_sd_turbo", "pix2pixTurbo": "pix2pix_turbo",
 }

@@ -57,6 +57,9 @@ class Config(BaseSettings):
     depth_model: str = Field("", description="Depth annotator for depth ControlNets: a transformers depth model (hub id or folder)")
     ip_adapter_id: str = Field("", description="The IP-Adapter from another file: local, or owner/repo/path/file in the hub")
     image_encoder_id: str = Field("", description="The IP-Adapter's image encoder from another hub id (owner/repo/subfolder) or folder")
+    pix2pix_weights: str = Field(
+        "", description="pix2pix_turbo's weights (edge_to_image_loras.pkl) from a file, a URL or owner/repo/path; empty: the published file"
+    )
 
     # where and how it runs
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 for the LAN)")
@@ -228,6 +231,7 @@ class Config(BaseSettings):
             depth_model=self.depth_model,
             ip_adapter_id=self.ip_adapter_id,
             image_encoder_id=self.image_encoder_id,
+            pix2pix_weights=self.pix2pix_weights,
         )
 
 

@@ -73,7 +73,7 @@ def readme_options() -> dict[str, str]:
     for line in readme.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[1].startswith("`LIVE_DIFFUSION") or len(cells) == 4 and cells[0] == "`--list-pipelines`":
-            for flag in re.findall(r"`(--[a-z-]+)`", cells[0]):
+            for flag in re.findall(r"`(--[a-z0-9-]+)`", cells[0]):
                 rows[flag] = cells[2]
     return rows
 

@@ -89,13 +89,13 @@ def test_command_line_lists_pipelines_and_set_ups():
     result, _ = run_main("--list-pipelines")
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines()]
-    # the modules, then every anchor module name (ours or composed), then the composed set-up, then those to come
+    # the modules, then every anchor module name (ours or composed), then the composed set-up
     assert names[: len(pipelines.available())] == pipelines.available()
     assert set(pipelines.setups()) | {"img2img", "txt2img"} <= set(names)
     lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
     assert lines["controlnetDepthHyperSDXL"] == "SDXL 1.0 + Hyper-SD (1-step LoRA, TCD), ControlNet depth"
     assert lines["controlnet"] == "= controlnet_canny"
-    assert lines["pix2pixTurbo"].startswith("not here yet")
+    assert lines["pix2pixTurbo"] == "= pix2pix_turbo"
     assert "Open http" not in result.stdout + result.stderr
 
 

@@ -20,7 +20,7 @@ import pipelines._setups
 from bench.live import SERVER_MAIN, server_env
 from pipelines import _tiny as tiny
 from pipelines._annotators import DEPTH_ANYTHING_ID, tiny_depth_model
-from pipelines._setups import ANCHORS_TO_COME, Choices, SetUpError
+from pipelines._setups import Choices, SetUpError
 
 # Real-Time-Latent-Consistency-Model's modules (../shared/reference/MODEL-SETUPS.md; its server/pipelines/
 # holds these 29), written out here so that a set-up dropped from the table fails this test.
@@ -33,7 +33,6 @@ ANCHOR_MODULES = [
     "controlnetFlashSDXL", "img2imgSDXLTurbo", "controlnetSDXLTurbo", "img2imgSegmindVegaRT",
     "controlnetSegmindVegaRT", "img2imgSDXS512",
 ]
-RUNNABLE = [name for name in ANCHOR_MODULES if name not in ANCHORS_TO_COME]
 
 
 def frame(seed: int = 0, width: int = 320, height: int = 256) -> Image.Image:
@@ -49,15 +48,11 @@ def smallest(module) -> dict[str, int]:
     return {"width": low, "height": low}
 
 
-def test_each_anchor_module_is_here_or_said_to_come():
-    assert set(ANCHORS_TO_COME) == {"pix2pixTurbo"}
-    assert set(RUNNABLE) <= set(pipelines.setups()) | set(pipelines.available())
-    for name in ANCHORS_TO_COME:
-        with pytest.raises(pipelines.UnknownPipeline, match="not here yet"):
-            pipelines.load_module(name)
+def test_each_anchor_module_is_here():
+    assert set(ANCHOR_MODULES) <= set(pipelines.setups()) | set(pipelines.available())
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("name", ANCHOR_MODULES)
 def test_every_anchor_module_name_declares_the_contract(name):
     module = pipelines.load_module(name)
     info = module.Info()
@@ -278,9 +273,6 @@ def test_the_readme_table_names_every_anchor_module_and_its_commands_start_it():
     for name in ANCHOR_MODULES:
         assert name in rows, f"{name} is missing from the README's table"
         row = rows[name]
-        if name in ANCHORS_TO_COME:
-            assert "not yet" in row
-            continue
         assert f"`--pipeline {name}`" in row
         if ", or `--base" in row:  # the same set-up from the flags alone
             flags = row.split(", or `")[1].split("`")[0].split()
