@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,6 +22,7 @@ class Frame:
     received_at: float = field(default_factory=time.monotonic)
     new_source: bool = False  # the first frame of another input (camera, screen, file): the stream starts afresh
     image_prompt: bytes | None = None  # the session's image prompt (JPEG) when the pipeline takes one
+    video: Any = None  # instead of data: a camera frame a WebRTC track decoded (av.VideoFrame); pixels in the worker
 
 
 @dataclass(frozen=True)

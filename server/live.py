@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import markdown2
 from pydantic import BaseModel
@@ -22,6 +22,9 @@ from server.outputs import Outputs
 from server.sessions import SessionManager
 from server.worker import SimilarityFilter, Worker
 
+if TYPE_CHECKING:
+    from server.webrtc import Peer
+
 OUTPUTS_CLOSE_S = 2.0  # at shutdown: how long the outputs get to remove their NDI sources, Syphon servers
 SHUTTING_DOWN = {"status": "timeout", "message": "Server is shutting down"}
 
@@ -31,6 +34,9 @@ class SettingsResponse(BaseModel):
     input_params: dict[str, Any]
     max_queue_size: int
     page_content: str
+    # How the page may reach its session, preferred first: "webrtc" (POST /api/webrtc/{user_id},
+    # server/webrtc.py), then "mjpeg" (JPEG frames over the websocket, /api/stream back).
+    transports: list[str] = ["webrtc", "mjpeg"]
 
 
 def settings_response(info_type: type[PipelineInfo], params_type: type[BaseModel], max_users: int) -> SettingsResponse:
@@ -59,6 +65,7 @@ class LiveServer:
     worker: Worker | None = None
     loop: asyncio.AbstractEventLoop | None = None
     conversations: set[asyncio.Task[Any]] = field(default_factory=set)  # websocket conversations running
+    peers: dict[str, Peer] = field(default_factory=dict)  # each session's WebRTC connection, by session id
 
     @classmethod
     def build(cls, config: Config, loaded: LoadedPipeline) -> LiveServer:
@@ -112,6 +119,7 @@ class LiveServer:
         supervisor = asyncio.create_task(self.worker.supervise_forever())
         yield
         self._end_all()
+        await asyncio.gather(*(peer.close() for peer in list(self.peers.values())))
         self.worker.stop()
         supervisor.cancel()
         self.worker = None

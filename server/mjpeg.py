@@ -9,6 +9,10 @@ boundary after it, so this shows every frame on arrival without sending it twice
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BOUNDARY = "frame"
 MEDIA_TYPE = f"multipart/x-mixed-replace;boundary={BOUNDARY}"
@@ -22,16 +26,18 @@ def mjpeg_part(jpeg: bytes) -> bytes:
 
 
 class OutputSlot:
-    """The latest output of a session, framed once as an MJPEG part for all its streams, and a way to
-    wait for the next one (event loop only)."""
+    """The latest output of a session, framed once as an MJPEG part for all its streams (and its RGB
+    pixels, for its WebRTC track), and a way to wait for the next one (event loop only)."""
 
     def __init__(self) -> None:
         self.part: bytes | None = None
+        self.pixels: np.ndarray | None = None
         self.seq = 0
         self._changed = asyncio.Event()
 
-    def publish(self, jpeg: bytes) -> None:
+    def publish(self, jpeg: bytes, pixels: np.ndarray | None = None) -> None:
         self.part = mjpeg_part(jpeg)
+        self.pixels = pixels
         self.seq += 1
         self.notify()
 

@@ -89,6 +89,7 @@ class Stream:
     which only the holder of its websocket has."""
 
     owner: bool
+    pixels: bool = False  # a WebRTC track: it shows the output's pixels rather than its JPEG
     opened_at: float = field(default_factory=time.monotonic)
     ended: bool = False  # closed by the manager, to make room for one of the owner's
 
@@ -111,7 +112,8 @@ class Session:
         # Shared with the worker, under the manager's lock:
         self.pending: Frame | None = None
         self.in_flight = False
-        self.streams: list[Stream] = []  # open /api/stream responses, oldest first
+        self.streams: list[Stream] = []  # open /api/stream responses and WebRTC tracks, oldest first
+        self.pixel_streams = 0  # of them, WebRTC tracks: the worker keeps the output's pixels for them
         self.closed = False
         # Event loop only:
         self.viewers = 0  # open /api/view responses
@@ -313,6 +315,26 @@ class SessionManager:
             self._cond.notify_all()
         self.send(session, {"status": "wait"})
 
+    def video_frame(self, session: Session, frame: Frame) -> None:
+        """A camera frame from the session's WebRTC track: it takes the slot (latest wins), without the
+        websocket's ping-pong (the track sends at the camera's rate)."""
+        session.last_activity_at = time.monotonic()
+        with self._cond:
+            if session.closed:
+                return
+            session.stats.frames_in += 1
+            self.metrics.frames_in_by_source["live"].inc()
+            if session.pending is not None or not session.streaming:
+                session.stats.frames_dropped += 1
+                self.metrics.input_frames_dropped.inc()
+            session.pending = frame if session.streaming else None
+            self._cond.notify_all()
+
+    def params_changed(self, session: Session, params: ParamsModel) -> None:
+        """New parameters without a frame (a WebRTC data channel): the next frames are drawn with them."""
+        session.params = params
+        session.last_activity_at = time.monotonic()
+
     def frame_refused(self, session: Session, problem: str) -> None:
         """A bad message or frame: the client hears why, and is asked for a new frame."""
         self.send_error(session, problem)
@@ -348,7 +370,7 @@ class SessionManager:
 
     # --- streams and viewers (event loop) ---
 
-    def stream_opened(self, session: Session, *, owner: bool) -> Stream:
+    def stream_opened(self, session: Session, *, owner: bool, pixels: bool = False) -> Stream:
         """A stream of the session's output opens; every open stream gets every frame. Past the bound
         a stranger's stream is refused (`TooManyStreams`), while the owner's always opens: the oldest
         stream that is not the owner's makes room (or, if all are, the owner's oldest)."""
@@ -361,10 +383,12 @@ class SessionManager:
                 evicted = next((s for s in session.streams if not s.owner), session.streams[0])
                 evicted.ended = True
                 session.streams.remove(evicted)
+                session.pixel_streams = sum(s.pixels for s in session.streams)
                 log.info("session %s: closed its oldest %s stream for one of the owner's", session.short_id,
                          "owner's" if evicted.owner else "other")
-            stream = Stream(owner)
+            stream = Stream(owner, pixels)
             session.streams.append(stream)
+            session.pixel_streams = sum(s.pixels for s in session.streams)
             self._cond.notify_all()
         session.output.notify()  # an ended stream's response stops
         if not session.outputs_started and not session.closed:
@@ -378,6 +402,7 @@ class SessionManager:
         with self._cond:
             if stream in session.streams:
                 session.streams.remove(stream)
+                session.pixel_streams = sum(s.pixels for s in session.streams)
             if not session.streaming:
                 session.pending = None  # nobody watches: not kept (see frame_accepted)
                 session.frame_requested = False
@@ -425,7 +450,7 @@ class SessionManager:
         if result.jpeg is not None:
             session.stats.frames_out += 1
             session.damaged_frames_in_a_row = 0
-            session.output.publish(result.jpeg)  # the MJPEG streams and viewers
+            session.output.publish(result.jpeg, result.pixels)  # the MJPEG streams and viewers, WebRTC tracks
             for output in session.outputs:  # NDI, Syphon: each takes the pixels on its own thread
                 output.send(result.pixels)
         else:

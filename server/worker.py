@@ -297,7 +297,9 @@ class Worker:
         prompts: list[Image.Image | None] = [None] * len(jobs)
         to_generate = []
         for index, (source, frame) in enumerate(jobs):
-            if frame.data is not None:
+            if frame.video is not None:
+                images[index] = frame.video.to_image()  # decoded by the WebRTC track: to RGB here, off the loop
+            elif frame.data is not None:
                 try:
                     images[index] = decode_image(
                         frame.data, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels,
@@ -352,7 +354,8 @@ class Worker:
                 raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
             outcomes = []
             for (source, frame), image, notice in zip(jobs, outputs, notices):
-                wants_pixels = isinstance(source, Session) and bool(source.outputs)  # NDI, Syphon
+                # NDI, Syphon and WebRTC tracks take pixels
+                wants_pixels = isinstance(source, Session) and (bool(source.outputs) or source.pixel_streams > 0)
                 image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)

@@ -1,16 +1,17 @@
-"""A user's session: its websocket (server/protocol.py), its MJPEG streams and its read-only viewer
-links (server/streaming.py)."""
+"""A user's session: its websocket (server/protocol.py), its MJPEG streams, its WebRTC connection
+(server/webrtc.py) and its read-only viewer links (server/streaming.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, WebSocket
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from server import protocol, streaming
+from server import protocol, streaming, webrtc
 from server.oneshot import ErrorResponse
 from server.routes.deps import Live
 from server.sessions import Session, TooManyStreams
@@ -19,6 +20,19 @@ SESSION_WAIT_S = 1.0  # a stream or viewer-token request waits this long for its
 REFUSALS = {404: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
 
 router = APIRouter()
+
+
+class WebRtcOffer(BaseModel):
+    """The page's WebRTC offer for its session, with the stream token its websocket was sent."""
+
+    sdp: str = Field(max_length=webrtc.MAX_SDP_CHARS)
+    type: Literal["offer"]
+    stream_token: str = Field(max_length=64)
+
+
+class WebRtcAnswer(BaseModel):
+    sdp: str
+    type: Literal["answer"] = "answer"
 
 
 class ViewerTokenResponse(BaseModel):
@@ -58,6 +72,31 @@ async def stream(user_id: str, live: Live, stream_token: str = "") -> Response:
         return streaming.session_stream(session, live.sessions, owner=owner)
     except TooManyStreams as error:
         raise HTTPException(429, str(error)) from None
+
+
+@router.post("/api/webrtc/{user_id}", responses={400: {"model": ErrorResponse}, 403: {"model": ErrorResponse},
+                                                  404: {"model": ErrorResponse}})
+async def webrtc_offer(user_id: str, offer: WebRtcOffer, live: Live) -> WebRtcAnswer:
+    """WebRTC for the session (server/webrtc.py): the camera as a video track up, the output as one
+    down, parameters over a data channel. A new offer replaces the session's connection (a reload)."""
+    session = await session_of(live, user_id)
+    if not secrets.compare_digest(offer.stream_token.encode(), session.stream_token.encode()):
+        raise HTTPException(403, "Wrong stream token: only the page holding the session's websocket can send its camera")
+    previous = live.peers.get(session.id)
+    if previous is not None:
+        await previous.close()
+
+    def forget(peer: webrtc.Peer) -> None:
+        if live.peers.get(session.id) is peer:
+            del live.peers[session.id]
+
+    peer = webrtc.Peer(session, live.sessions, live.loaded.pipeline.InputParams, live.config.max_frame_pixels, forget)
+    live.peers[session.id] = peer
+    try:
+        return WebRtcAnswer(sdp=await peer.answer(offer.sdp))
+    except webrtc.OfferError as error:
+        await peer.close()
+        raise HTTPException(400, str(error)) from None
 
 
 @router.get("/api/viewer-token/{user_id}", responses={404: {"model": ErrorResponse}})
