@@ -10,7 +10,7 @@ from server import oneshot
 from server.config import Config
 from server.engine import LoadedPipeline
 from server.live import LiveServer
-from server.routes import live, process, status
+from server.routes import live, process, status, whip
 from server.web import guards, page_routes
 
 
@@ -23,6 +23,7 @@ def create_app(config: Config, loaded: LoadedPipeline) -> FastAPI:
     )
     app.state.live = state
     app.include_router(live.router)
+    app.include_router(whip.router)
     app.include_router(status.router)
     app.include_router(process.router(oneshot.openapi_body(loaded.pipeline.InputParams, info.input_mode)))
     app.router.routes.extend(page_routes())

@@ -19,11 +19,11 @@ from server.engine import LoadedPipeline
 from server.metrics import Metrics
 from server.oneshot import OneShot
 from server.outputs import Outputs
-from server.sessions import SessionManager
+from server.sessions import Session, SessionManager
 from server.worker import SimilarityFilter, Worker
 
 if TYPE_CHECKING:
-    from server.webrtc import Peer
+    from server.webrtc import Peer, Role
 
 OUTPUTS_CLOSE_S = 2.0  # at shutdown: how long the outputs get to remove their NDI sources, Syphon servers
 SHUTTING_DOWN = {"status": "timeout", "message": "Server is shutting down"}
@@ -65,7 +65,7 @@ class LiveServer:
     worker: Worker | None = None
     loop: asyncio.AbstractEventLoop | None = None
     conversations: set[asyncio.Task[Any]] = field(default_factory=set)  # websocket conversations running
-    peers: dict[str, Peer] = field(default_factory=dict)  # each session's WebRTC connection, by session id
+    peers: dict[str, Peer] = field(default_factory=dict)  # the WebRTC connections (server/webrtc.py), by id
 
     @classmethod
     def build(cls, config: Config, loaded: LoadedPipeline) -> LiveServer:
@@ -124,6 +124,25 @@ class LiveServer:
         supervisor.cancel()
         self.worker = None
         await asyncio.to_thread(self.outputs.join, OUTPUTS_CLOSE_S)
+
+    async def open_peer(self, role: Role, session: Session, offer: str) -> Peer:
+        """A WebRTC connection of `session` answering `offer` (server/webrtc.py); a page's or WHIP
+        client's replaces the session's previous one of that role (a reload, OBS reconnecting).
+        OfferError (and TooManyStreams for a viewer past the bound) when it cannot be made."""
+        from server.webrtc import Peer
+
+        if role != "whep":
+            for previous in [p for p in self.peers.values() if p.session is session and p.role == role]:
+                await previous.close()
+        peer = Peer(role, session, self.sessions, self.loaded.pipeline.InputParams, self.config.max_frame_pixels,
+                    on_close=lambda closed: self.peers.pop(closed.id, None))
+        self.peers[peer.id] = peer
+        try:
+            await peer.answer(offer)
+        except BaseException:
+            await peer.close()
+            raise
+        return peer
 
     def begin_shutdown(self) -> None:
         """End every session and stream now (Ctrl-C): safe to call from any thread."""

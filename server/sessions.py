@@ -114,9 +114,11 @@ class Session:
         self.in_flight = False
         self.streams: list[Stream] = []  # open /api/stream responses and WebRTC tracks, oldest first
         self.pixel_streams = 0  # of them, WebRTC tracks: the worker keeps the output's pixels for them
+        self.video_feeds = 0  # WebRTC and WHIP tracks feeding the camera: the websocket is not asked for frames
         self.closed = False
         # Event loop only:
-        self.viewers = 0  # open /api/view responses
+        self.viewers = 0  # open /api/view responses and WHEP players
+        self.pixel_viewers = 0  # of them, WHEP players (pixels, as the WebRTC tracks)
         self.outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_SIZE)
         self.ended = asyncio.Event()  # set when the session ends, whoever ends it
         self.output = OutputSlot()
@@ -360,7 +362,7 @@ class SessionManager:
     def _request_frame_if_idle(self, session: Session) -> None:
         """Ask the client for its next frame once nothing of it is waiting or being generated and a
         stream shows the output (ping-pong: one frame in flight)."""
-        if session.closed or session.frame_requested:
+        if session.closed or session.frame_requested or session.video_feeds:
             return
         with self._cond:
             idle = session.streaming and session.pending is None and not session.in_flight
@@ -407,13 +409,23 @@ class SessionManager:
                 session.pending = None  # nobody watches: not kept (see frame_accepted)
                 session.frame_requested = False
 
-    def viewer_opened(self, session: Session) -> None:
+    def viewer_opened(self, session: Session, *, pixels: bool = False) -> None:
         if session.viewers >= self.max_viewers:
             raise TooManyStreams(f"This session has {session.viewers} viewers; the limit is {self.max_viewers}")
         session.viewers += 1
+        session.pixel_viewers += pixels
 
-    def viewer_closed(self, session: Session) -> None:
+    def viewer_closed(self, session: Session, *, pixels: bool = False) -> None:
         session.viewers -= 1
+        session.pixel_viewers -= pixels
+
+    def video_feed_started(self, session: Session) -> None:
+        """A WebRTC or WHIP track feeds the session's camera: the websocket's ping-pong pauses."""
+        session.video_feeds += 1
+
+    def video_feed_ended(self, session: Session) -> None:
+        session.video_feeds -= 1
+        self._request_frame_if_idle(session)  # the websocket's camera again
 
     # --- one-shot jobs (event loop) ---
 

@@ -7,11 +7,16 @@ into the session's latest-wins slot (decoded by aiortc's decoder thread, turned 
 worker: no JPEG on the way), and the output track is one of the session's streams, so the ping-pong,
 fair turns, batching, limits, outputs, health and metrics are the websocket's.
 
-- Offer/answer: POST /api/webrtc/{user_id} (server/routes/live.py) with the page's SDP offer; one
-  peer a session (a new offer replaces the old: a reload). ICE: host candidates.
-- The data channel carries the websocket protocol's parameter messages (a JSON object of
-  parameters, merged into the session's) and the server's answers ({"status": "error"|"info"}).
-- The output track sends each new output once, at the model's rate: `recv` waits for the next one.
+A peer has one of three roles:
+- "page": the page's own connection (POST /api/webrtc/{user_id}, server/routes/live.py): camera up,
+  output down (one of the session's streams, the owner's), and a data channel carrying the websocket
+  protocol's parameter messages (a JSON object of parameters, merged into the session's) and the
+  server's answers ({"status": "error"|"info"}). One a session: a new offer replaces the old (a reload).
+- "whip": a WHIP client (OBS) as the session's camera (server/routes/whip.py): camera up only.
+- "whep": a WHEP player watching the session (server/routes/whip.py): output down only, a viewer.
+
+While a page or WHIP peer feeds the camera, the websocket is not asked for frames. The output track
+sends each new output once, at the model's rate: `recv` waits for the next one. ICE: host candidates.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import fractions
 import json
 import logging
 import time
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, Literal
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -69,11 +75,16 @@ class OutputTrack(MediaStreamTrack):
         return frame
 
 
-class Peer:
-    """One session's WebRTC connection."""
+Role = Literal["page", "whip", "whep"]
 
-    def __init__(self, session: Session, sessions: SessionManager, params_type: type[ParamsModel],
+
+class Peer:
+    """One WebRTC connection of a session, in one of the roles above."""
+
+    def __init__(self, role: Role, session: Session, sessions: SessionManager, params_type: type[ParamsModel],
                  max_frame_pixels: int, on_close: Callable[[Peer], None]) -> None:
+        self.id = uuid.uuid4().hex  # the WHIP/WHEP resource's name
+        self.role = role
         self.session = session
         self.on_close = on_close
         self.sessions = sessions
@@ -81,6 +92,8 @@ class Peer:
         self.max_frame_pixels = max_frame_pixels
         self.pc = RTCPeerConnection()
         self.stream: Stream | None = None
+        self.viewing = False
+        self.feeding = False
         self.channel: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -102,14 +115,23 @@ class Peer:
             raise OfferError(f"The offer is not a usable SDP offer ({type(error).__name__}: {str(error)[:200]})") from None
         video = [t for t in self.pc.getTransceivers() if t.kind == "video"]
         if not video:
-            raise OfferError("The offer has no video: send the camera as a video track")
-        self.pc.addTrack(OutputTrack(self.session))
+            raise OfferError("The offer has no video: " + ("ask for the output as a video track" if self.role == "whep"
+                                                            else "send the camera as a video track"))
+        if self.role != "whip":
+            self.pc.addTrack(OutputTrack(self.session))
         try:
             answer = await self.pc.createAnswer()
         except Exception as error:  # an offer aiortc took but cannot answer
             raise OfferError(f"The offer cannot be answered ({type(error).__name__}: {str(error)[:200]})") from None
         await self.pc.setLocalDescription(answer)
-        self.stream = self.sessions.stream_opened(self.session, owner=True, pixels=True)
+        if self.role == "whep":
+            self.sessions.viewer_opened(self.session, pixels=True)  # TooManyStreams past --max-viewers
+            self.viewing = True
+        if self.role == "page":
+            self.stream = self.sessions.stream_opened(self.session, owner=True, pixels=True)
+        if self.role != "whep":
+            self.sessions.video_feed_started(self.session)
+            self.feeding = True
         self._spawn(self._close_with_session())
         return self.pc.localDescription.sdp
 
@@ -120,6 +142,10 @@ class Peer:
         self.on_close(self)
         if self.stream is not None:
             self.sessions.stream_closed(self.session, self.stream)
+        if self.viewing:
+            self.sessions.viewer_closed(self.session, pixels=True)
+        if self.feeding:
+            self.sessions.video_feed_ended(self.session)
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()
@@ -128,12 +154,15 @@ class Peer:
     # --- aiortc's events ---
 
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind == "video":
+        if track.kind == "video" and self.role != "whep":
             self._spawn(self._read_camera(track))
+        else:  # OBS sends its audio too: read and dropped, or aiortc would queue it without end
+            self._spawn(self._drain(track))
 
     def _on_datachannel(self, channel: Any) -> None:
-        self.channel = channel
-        channel.on("message", self._on_message)
+        if self.role == "page":  # only the session's own page changes its parameters
+            self.channel = channel
+            channel.on("message", self._on_message)
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -153,6 +182,14 @@ class Peer:
                                                           f"{self.max_frame_pixels} pixels"})
                 continue
             self.sessions.video_frame(self.session, Frame(self.session.params, None, video=video))
+
+    @staticmethod
+    async def _drain(track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
 
     def _on_message(self, message: str | bytes) -> None:
         """A parameter message, as the websocket's: a JSON object of parameters."""

@@ -355,7 +355,8 @@ class Worker:
             outcomes = []
             for (source, frame), image, notice in zip(jobs, outputs, notices):
                 # NDI, Syphon and WebRTC tracks take pixels
-                wants_pixels = isinstance(source, Session) and (bool(source.outputs) or source.pixel_streams > 0)
+                wants_pixels = isinstance(source, Session) and (
+                    bool(source.outputs) or source.pixel_streams > 0 or source.pixel_viewers > 0)
                 image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)

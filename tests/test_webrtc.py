@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import io
 import json
 import time
 
@@ -16,6 +17,7 @@ import psutil
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from av import VideoFrame
+from PIL import Image
 
 from bench.live import Client, run_server
 
@@ -186,7 +188,8 @@ def test_bad_offers_are_refused_with_a_reason(server):
 
 
 def test_connecting_and_leaving_again_and_again_leaves_nothing_behind(server):
-    """Peer connections, threads and file descriptors of the server stay as they were."""
+    """Peer connections, threads, file descriptors and memory of the server stay as they were after 50
+    connections that come and go."""
     process = psutil.Process(server.proc.pid)
 
     async def cycle(http: httpx.AsyncClient, index: int) -> None:
@@ -206,7 +209,7 @@ def test_connecting_and_leaving_again_and_again_leaves_nothing_behind(server):
             server.wait_for_users(0)
             before = (process.num_fds(), process.num_threads())
             rss_before = process.memory_info().rss
-            for index in range(100):
+            for index in range(50):
                 await cycle(http, index)
             server.wait_for_users(0)
             await asyncio.to_thread(server.wait_for, lambda health: health["streams"] == 0)
@@ -215,5 +218,75 @@ def test_connecting_and_leaving_again_and_again_leaves_nothing_behind(server):
                 assert time.monotonic() < deadline, (before, process.num_fds(), process.num_threads())
                 await asyncio.sleep(0.2)
             assert process.memory_info().rss - rss_before < 64 * 2**20
+
+    asyncio.run(scenario())
+
+
+async def sdp_offer(pc: RTCPeerConnection) -> str:
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc.localDescription.sdp
+
+
+def test_a_whip_client_is_the_sessions_camera_until_it_leaves(server):
+    """As OBS publishes: a send-only offer with the session's token as a bearer token. The page's
+    websocket is not asked for frames meanwhile; once the WHIP client leaves, it is again."""
+    from bench.live import jpeg_size, mjpeg_frames, take
+
+    async def scenario():
+        client, token = await connected(server)
+        obs = RTCPeerConnection()
+        obs.addTransceiver(Camera(), direction="sendonly")
+        async with httpx.AsyncClient(timeout=30) as http, closing(client):
+            url = f"{server.http}/api/whip/{client.user_id}"
+            offer = await sdp_offer(obs)
+            unauthorised = await http.post(url, content=offer, headers={"Content-Type": "application/sdp"})
+            assert unauthorised.status_code == 401 and "Bearer" in unauthorised.json()["detail"]
+            not_sdp = await http.post(url, json={"sdp": offer}, headers={"Authorization": f"Bearer {token}"})
+            assert not_sdp.status_code == 415
+            response = await http.post(url, content=offer, headers={"Content-Type": "application/sdp",
+                                                                   "Authorization": f"Bearer {token}"})
+            assert response.status_code == 201 and response.headers["content-type"].startswith("application/sdp")
+            await obs.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+            stream = mjpeg_frames(server, client.user_id, http)
+            frames = await take(stream, 10)  # the websocket sends nothing: these are OBS's frames
+            assert len(frames) == 10
+            pixels = np.asarray(Image.open(io.BytesIO(frames[-1]))).reshape(-1, 3).mean(0)
+            assert np.abs(pixels - RED).max() < 25
+            assert not any(m["status"] == "error" for m in client.messages)
+            resource = server.http + response.headers["location"]
+            assert (await http.delete(resource)).status_code == 401  # ending it takes the token too
+            assert (await http.delete(resource, headers={"Authorization": f"Bearer {token}"})).status_code == 200
+            await client.recv_until("send_frame")  # the page's camera again
+            await obs.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_whep_player_watches_the_output_as_a_viewer(server):
+    async def scenario():
+        client, token = await connected(server)
+        page = Peer(server, client, token)
+        player = RTCPeerConnection()
+        player.addTransceiver("video", direction="recvonly")
+        shown: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
+        player.on("track", lambda track: shown.done() or shown.set_result(track))
+        async with httpx.AsyncClient(timeout=30) as http, closing(client, page):
+            await page.connect(http)
+            await page.opened()
+            page.channel.send(json.dumps({"width": 256, "height": 256}))
+            viewer_token = (await http.get(f"{server.http}/api/viewer-token/{client.user_id}")).json()["viewer_token"]
+            assert (await http.post(f"{server.http}/api/whep/not-a-token", content=await sdp_offer(player),
+                                    headers={"Content-Type": "application/sdp"})).status_code == 404
+            response = await http.post(f"{server.http}/api/whep/{viewer_token}", content=player.localDescription.sdp,
+                                       headers={"Content-Type": "application/sdp"})
+            assert response.status_code == 201, response.text
+            await player.setRemoteDescription(RTCSessionDescription(sdp=response.text, type="answer"))
+            track = await asyncio.wait_for(shown, 30)
+            frame = (await asyncio.wait_for(track.recv(), 60)).to_ndarray(format="rgb24")
+            assert frame.shape == (256, 256, 3) and np.abs(frame.reshape(-1, 3).mean(0) - RED).max() < 25
+            assert server.health()["viewers"] == 1
+            assert (await http.delete(server.http + response.headers["location"])).status_code == 200
+            await asyncio.to_thread(server.wait_for, lambda health: health["viewers"] == 0)
+            await player.close()
 
     asyncio.run(scenario())

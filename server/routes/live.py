@@ -82,21 +82,11 @@ async def webrtc_offer(user_id: str, offer: WebRtcOffer, live: Live) -> WebRtcAn
     session = await session_of(live, user_id)
     if not secrets.compare_digest(offer.stream_token.encode(), session.stream_token.encode()):
         raise HTTPException(403, "Wrong stream token: only the page holding the session's websocket can send its camera")
-    previous = live.peers.get(session.id)
-    if previous is not None:
-        await previous.close()
-
-    def forget(peer: webrtc.Peer) -> None:
-        if live.peers.get(session.id) is peer:
-            del live.peers[session.id]
-
-    peer = webrtc.Peer(session, live.sessions, live.loaded.pipeline.InputParams, live.config.max_frame_pixels, forget)
-    live.peers[session.id] = peer
     try:
-        return WebRtcAnswer(sdp=await peer.answer(offer.sdp))
+        peer = await live.open_peer("page", session, offer.sdp)
     except webrtc.OfferError as error:
-        await peer.close()
         raise HTTPException(400, str(error)) from None
+    return WebRtcAnswer(sdp=peer.pc.localDescription.sdp)
 
 
 @router.get("/api/viewer-token/{user_id}", responses={404: {"model": ErrorResponse}})
