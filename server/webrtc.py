@@ -127,11 +127,11 @@ class Peer:
         if self.role == "whep":
             self.sessions.viewer_opened(self.session, pixels=True)  # TooManyStreams past --max-viewers
             self.viewing = True
-        if self.role == "page":
-            self.stream = self.sessions.stream_opened(self.session, owner=True, pixels=True)
-        if self.role != "whep":
+        if self.role != "whep":  # before the stream opens: the websocket is not asked for a frame
             self.sessions.video_feed_started(self.session)
             self.feeding = True
+        if self.role == "page":
+            self.stream = self.sessions.stream_opened(self.session, owner=True, pixels=True)
         self._spawn(self._close_with_session())
         return self.pc.localDescription.sdp
 
