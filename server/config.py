@@ -154,6 +154,13 @@ class Config(BaseSettings):
         "Live Diffusion", min_length=1, max_length=100, description="Syphon server name; the short session id is appended"
     )
 
+    # WebRTC (server/webrtc.py)
+    ice_servers: list[str] = Field(
+        [],
+        description="STUN and TURN servers for WebRTC, the server's and the page's: stun:HOST:PORT, "
+        "turn:USER:PASSWORD@HOST:PORT (or turns:, ?transport=tcp); empty: host candidates only (loopback, LAN)",
+    )
+
     # TLS: browsers only give cameras to https pages (or localhost)
     ssl_certfile: str = Field("", description="TLS certificate file (PEM) to serve https")
     ssl_keyfile: str = Field("", description="TLS private key file (PEM) for --ssl-certfile")
@@ -176,6 +183,14 @@ class Config(BaseSettings):
         for host in self.allowed_hosts:
             if not host or any(c in host for c in "/:@ ") and not host.startswith("["):
                 raise ValueError(f"--allowed-hosts: {host!r} is not a host name such as live.example.com, '*.example.com' or '*'")
+        return self
+
+    @model_validator(mode="after")
+    def _ice_servers_are_urls(self) -> Config:
+        from server.webrtc import parse_ice_server
+
+        for url in self.ice_servers:
+            parse_ice_server(url)  # ValueError naming what is wrong
         return self
 
     @model_validator(mode="after")

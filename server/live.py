@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import markdown2
@@ -20,6 +21,7 @@ from server.metrics import Metrics
 from server.oneshot import OneShot
 from server.outputs import Outputs
 from server.sessions import Session, SessionManager
+from server.webrtc import parse_ice_server
 from server.worker import SimilarityFilter, Worker
 
 if TYPE_CHECKING:
@@ -37,9 +39,13 @@ class SettingsResponse(BaseModel):
     # How the page may reach its session, preferred first: "webrtc" (POST /api/webrtc/{user_id},
     # server/webrtc.py), then "mjpeg" (JPEG frames over the websocket, /api/stream back).
     transports: list[str] = ["webrtc", "mjpeg"]
+    # --ice-servers, for the page's RTCPeerConnection: [{"urls", "username", "credential"}]
+    ice_servers: list[dict[str, str]] = []
 
 
-def settings_response(info_type: type[PipelineInfo], params_type: type[BaseModel], max_users: int) -> SettingsResponse:
+def settings_response(
+    info_type: type[PipelineInfo], params_type: type[BaseModel], max_users: int, ice_servers: Sequence[str] = ()
+) -> SettingsResponse:
     """GET /api/settings: what the page builds its controls from (also written to the web page's test
     fixtures by scripts/settings_fixtures.py)."""
     info = info_type()
@@ -48,6 +54,9 @@ def settings_response(info_type: type[PipelineInfo], params_type: type[BaseModel
         input_params=params_type.model_json_schema(),
         max_queue_size=max_users,
         page_content=markdown2.markdown(info.page_content) if info.page_content else "",
+        ice_servers=[
+            {key: value for key, value in vars(parse_ice_server(url)).items() if value is not None} for url in ice_servers
+        ],
     )
 
 
@@ -83,7 +92,7 @@ class LiveServer:
             max_frame_pixels=config.max_frame_pixels, upload_timeout=config.upload_timeout,
             process_timeout=config.process_timeout, shutdown=shutdown,
         )
-        settings = settings_response(loaded.module.Info, params_type, config.max_users)
+        settings = settings_response(loaded.module.Info, params_type, config.max_users, config.ice_servers)
         return cls(config, loaded, info, metrics, outputs, sessions, one_shot, settings, shutdown)
 
     @property
@@ -135,7 +144,8 @@ class LiveServer:
             for previous in [p for p in self.peers.values() if p.session is session and p.role == role]:
                 await previous.close()
         peer = Peer(role, session, self.sessions, self.loaded.pipeline.InputParams, self.config.max_frame_pixels,
-                    on_close=lambda closed: self.peers.pop(closed.id, None))
+                    on_close=lambda closed: self.peers.pop(closed.id, None),
+                    ice_servers=[parse_ice_server(url) for url in self.config.ice_servers])
         self.peers[peer.id] = peer
         try:
             await peer.answer(offer)

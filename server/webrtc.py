@@ -27,9 +27,11 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Callable, Literal
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from pydantic import ValidationError
 
@@ -43,6 +45,31 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000  # RTP's video clock rate
 MAX_SDP_CHARS = 65_536
 CODECS = ("VP8", "H264")
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server, as RTCPeerConnection's configuration names one (the page's and aiortc's)."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+
+def parse_ice_server(text: str) -> IceServer:
+    """--ice-servers' spelling: stun:HOST[:PORT], turn(s):USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]."""
+    scheme, colon, rest = text.partition(":")
+    if scheme not in ("stun", "turn", "turns") or not colon or not rest:
+        raise ValueError(f"--ice-servers: {text!r} is not stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT")
+    if "@" not in rest:
+        if scheme != "stun":
+            raise ValueError(f"--ice-servers: {text!r}: a TURN server needs USER:PASSWORD@ before its host")
+        return IceServer(text)
+    credentials, _, host = rest.rpartition("@")
+    username, colon, password = credentials.partition(":")
+    if not username or not colon or not host:
+        raise ValueError(f"--ice-servers: {text!r}: expected {scheme}:USER:PASSWORD@HOST:PORT")
+    return IceServer(f"{scheme}:{host}", username, password)
 
 
 class OfferError(ValueError):
@@ -82,7 +109,7 @@ class Peer:
     """One WebRTC connection of a session, in one of the roles above."""
 
     def __init__(self, role: Role, session: Session, sessions: SessionManager, params_type: type[ParamsModel],
-                 max_frame_pixels: int, on_close: Callable[[Peer], None]) -> None:
+                 max_frame_pixels: int, on_close: Callable[[Peer], None], ice_servers: Sequence[IceServer] = ()) -> None:
         self.id = uuid.uuid4().hex  # the WHIP/WHEP resource's name
         self.role = role
         self.session = session
@@ -90,7 +117,7 @@ class Peer:
         self.sessions = sessions
         self.params_type = params_type
         self.max_frame_pixels = max_frame_pixels
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(RTCConfiguration([RTCIceServer(s.urls, s.username, s.credential) for s in ice_servers]))
         self.stream: Stream | None = None
         self.viewing = False
         self.feeding = False

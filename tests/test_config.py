@@ -154,6 +154,23 @@ def test_bad_cli_values_are_refused_naming_the_option(args, field):
     assert field in field_of(error.value)
 
 
+def test_ice_servers_are_stun_or_turn_with_credentials_and_reach_the_page():
+    from server.live import settings_response
+    from tests.fault_pipeline import Info, InputParams
+
+    urls = ["stun:stun.example.com:3478", "turn:alice:pa:ss@turn.example.com:3478?transport=tcp"]
+    assert parse([arg for url in urls for arg in ("--ice-servers", url)]).ice_servers == urls
+    settings = settings_response(Info, InputParams, 8, urls)
+    assert settings.ice_servers == [
+        {"urls": "stun:stun.example.com:3478"},
+        {"urls": "turn:turn.example.com:3478?transport=tcp", "username": "alice", "credential": "pa:ss"},
+    ]
+    for bad, reason in [("turn:turn.example.com:3478", "needs USER:PASSWORD@"), ("http://stun.example.com", "not stun:"),
+                        ("turn:@host:1", "expected turn:USER:PASSWORD@HOST")]:
+        with pytest.raises(ValidationError, match=reason):
+            parse(["--ice-servers", bad])
+
+
 def test_bad_environment_values_are_refused(monkeypatch):
     monkeypatch.setenv("LIVE_DIFFUSION_PORT", "70000")
     with pytest.raises(ValidationError) as error:
