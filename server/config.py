@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from pydantic import Field, model_validator
@@ -187,8 +188,6 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _ice_servers_are_urls(self) -> Config:
-        from server.webrtc import parse_ice_server
-
         for url in self.ice_servers:
             parse_ice_server(url)  # ValueError naming what is wrong
         return self
@@ -248,6 +247,32 @@ class Config(BaseSettings):
             image_encoder_id=self.image_encoder_id,
             pix2pix_weights=self.pix2pix_weights,
         )
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server, as RTCPeerConnection's configuration names one (the page's and aiortc's)."""
+
+    urls: str
+    username: str | None = None
+    credential: str | None = None
+
+
+def parse_ice_server(text: str) -> IceServer:
+    """--ice-servers' spelling: stun:HOST[:PORT], turn(s):USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]."""
+    scheme, colon, rest = text.partition(":")
+    if scheme not in ("stun", "turn", "turns") or not colon or not rest:
+        raise ValueError(f"--ice-servers: {text!r} is not stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT")
+    if "@" not in rest:
+        if scheme != "stun":
+            raise ValueError(f"--ice-servers: {text!r}: a TURN server needs USER:PASSWORD@ before its host")
+        return IceServer(text)
+    credentials, _, host = rest.rpartition("@")
+    username, colon, password = credentials.partition(":")
+    if not username or not colon or not host:
+        raise ValueError(f"--ice-servers: {text!r}: expected {scheme}:USER:PASSWORD@HOST:PORT")
+    return IceServer(f"{scheme}:{host}", username, password)
+
 
 
 def _is_origin(text: str) -> bool:

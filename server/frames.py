@@ -27,13 +27,14 @@ class Frame:
 
 @dataclass(frozen=True)
 class Result:
-    """What the worker made of a frame: an encoded JPEG (and its pixels, for the outputs), or an error."""
+    """What the worker made of a frame, or an error: an encoded JPEG (for one-shot jobs, and sessions
+    with an MJPEG stream or viewer) and its pixels (for WebRTC tracks, NDI and Syphon)."""
 
     frame: Frame
     started_at: float
     finished_at: float
     jpeg: bytes | None = None
-    pixels: np.ndarray | None = None  # the same frame as RGB pixels (read-only), for the outputs
+    pixels: np.ndarray | None = None  # the same frame as RGB pixels (read-only)
     error: str | None = None
     error_kind: ErrorKind = "model"
     reused: bool = False  # the similarity filter re-sent the previous output

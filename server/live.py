@@ -15,13 +15,12 @@ import markdown2
 from pydantic import BaseModel
 
 from pipelines import PipelineInfo
-from server.config import Config
+from server.config import Config, parse_ice_server
 from server.engine import LoadedPipeline
 from server.metrics import Metrics
 from server.oneshot import OneShot
 from server.outputs import Outputs
 from server.sessions import Session, SessionManager
-from server.webrtc import parse_ice_server
 from server.worker import SimilarityFilter, Worker
 
 if TYPE_CHECKING:

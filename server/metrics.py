@@ -102,7 +102,7 @@ class Metrics:
         received_at = result.frame.received_at
         self.queue_wait_seconds.observe(max(0.0, result.started_at - received_at))
         self.inference_seconds.observe(max(0.0, result.finished_at - result.started_at))
-        if result.jpeg is not None:
+        if result.error is None:
             self.frames_out_by_source[source].inc()
             self.latency_seconds.observe(max(0.0, time.monotonic() - received_at))
         else:

@@ -35,8 +35,9 @@ class OutputSlot:
         self.seq = 0
         self._changed = asyncio.Event()
 
-    def publish(self, jpeg: bytes, pixels: np.ndarray | None = None) -> None:
-        self.part = mjpeg_part(jpeg)
+    def publish(self, jpeg: bytes | None, pixels: np.ndarray | None = None) -> None:
+        """A new output: its JPEG when an MJPEG stream or viewer reads it, its pixels when a track does."""
+        self.part = mjpeg_part(jpeg) if jpeg is not None else None
         self.pixels = pixels
         self.seq += 1
         self.notify()

@@ -132,6 +132,16 @@ class Session:
     def streaming(self) -> bool:
         return bool(self.streams)
 
+    @property
+    def reads_jpeg(self) -> bool:
+        """An MJPEG stream or viewer is open (the worker encodes a JPEG for it)."""
+        return len(self.streams) > self.pixel_streams or self.viewers > self.pixel_viewers
+
+    @property
+    def reads_pixels(self) -> bool:
+        """A WebRTC track, NDI or Syphon shows the output (the worker hands over its pixels)."""
+        return bool(self.outputs) or self.pixel_streams > 0 or self.pixel_viewers > 0
+
     def ready(self) -> bool:
         """A frame is waiting and someone watches its output (under the manager's lock)."""
         return self.pending is not None and self.streaming and not self.closed
@@ -459,7 +469,7 @@ class SessionManager:
         self.metrics.frame_done("live", result)
         if result.notice is not None:
             self.send(session, {"status": "info", "message": result.notice})
-        if result.jpeg is not None:
+        if result.error is None:
             session.stats.frames_out += 1
             session.damaged_frames_in_a_row = 0
             session.output.publish(result.jpeg, result.pixels)  # the MJPEG streams and viewers, WebRTC tracks

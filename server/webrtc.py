@@ -27,7 +27,6 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Callable, Literal
 
@@ -36,6 +35,7 @@ from aiortc.mediastreams import MediaStreamError
 from pydantic import ValidationError
 
 from pipelines import ParamsModel
+from server.config import IceServer
 from server.frames import Frame
 from server.protocol import describe_validation_error, parse_json
 from server.sessions import Session, SessionManager, Stream
@@ -45,31 +45,6 @@ log = logging.getLogger(__name__)
 VIDEO_CLOCK = 90_000  # RTP's video clock rate
 MAX_SDP_CHARS = 65_536
 CODECS = ("VP8", "H264")
-
-
-@dataclass(frozen=True)
-class IceServer:
-    """A STUN or TURN server, as RTCPeerConnection's configuration names one (the page's and aiortc's)."""
-
-    urls: str
-    username: str | None = None
-    credential: str | None = None
-
-
-def parse_ice_server(text: str) -> IceServer:
-    """--ice-servers' spelling: stun:HOST[:PORT], turn(s):USER:PASSWORD@HOST[:PORT][?transport=udp|tcp]."""
-    scheme, colon, rest = text.partition(":")
-    if scheme not in ("stun", "turn", "turns") or not colon or not rest:
-        raise ValueError(f"--ice-servers: {text!r} is not stun:HOST:PORT or turn:USER:PASSWORD@HOST:PORT")
-    if "@" not in rest:
-        if scheme != "stun":
-            raise ValueError(f"--ice-servers: {text!r}: a TURN server needs USER:PASSWORD@ before its host")
-        return IceServer(text)
-    credentials, _, host = rest.rpartition("@")
-    username, colon, password = credentials.partition(":")
-    if not username or not colon or not host:
-        raise ValueError(f"--ice-servers: {text!r}: expected {scheme}:USER:PASSWORD@HOST:PORT")
-    return IceServer(f"{scheme}:{host}", username, password)
 
 
 class OfferError(ValueError):

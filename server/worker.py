@@ -94,13 +94,14 @@ class SimilarityFilter:
         return previous_result
 
     def remember(self, session: Session, frame: Frame, image: Image.Image, outcome: Outcome) -> None:
-        if outcome.jpeg is not None:
+        if outcome.error is None:
             self._last[session] = (thumbnail(image), frame, outcome, 0)
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one frame in the thread, before it is timed and handed back as a `Result`."""
+    """What became of one frame in the thread, before it is timed and handed back as a `Result`: its
+    JPEG and its pixels (each where someone reads it), or an error."""
 
     jpeg: bytes | None = None
     pixels: np.ndarray | None = None
@@ -354,14 +355,13 @@ class Worker:
                 raise PipelineFault(f"the pipeline returned {count} images for {len(frames)} frames")
             outcomes = []
             for (source, frame), image, notice in zip(jobs, outputs, notices):
-                # NDI, Syphon and WebRTC tracks take pixels
-                wants_pixels = isinstance(source, Session) and (
-                    bool(source.outputs) or source.pixel_streams > 0 or source.pixel_viewers > 0)
                 image = self._checked(frame, image)
                 if self.safety_checker is not None:
                     image = self.safety_checker(image)
-                jpeg = encode_jpeg(image, self.jpeg_quality)
-                outcomes.append(Outcome(jpeg, rgb_pixels(image) if wants_pixels else None, notice=notice))
+                # A session watched only over WebRTC (and NDI, Syphon) needs no JPEG: pixels only.
+                jpeg = encode_jpeg(image, self.jpeg_quality) if not isinstance(source, Session) or source.reads_jpeg else None
+                pixels = rgb_pixels(image) if isinstance(source, Session) and source.reads_pixels else None
+                outcomes.append(Outcome(jpeg, pixels, notice=notice))
             self.frames_done += len(frames)
             self.batches += 1
             return outcomes
