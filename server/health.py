@@ -44,8 +44,9 @@ class HealthResponse(BaseModel):
     dtype: str
     users: int
     max_users: int
-    streams: int = Field(description="Open /api/stream responses")
-    viewers: int = Field(description="Open /api/view responses")
+    streams: int = Field(description="Open /api/stream responses and the pages' WebRTC output tracks")
+    viewers: int = Field(description="Open /api/view responses and WHEP players")
+    webrtc: int = Field(0, description="WebRTC connections open: pages, WHIP cameras, WHEP players")
     frames_generated: int
     frames_reused: int
     batches: int
@@ -85,6 +86,7 @@ def health_of(live: LiveServer) -> HealthResponse:
         max_users=live.config.max_users,
         streams=streams,
         viewers=viewers,
+        webrtc=len(live.peers),
         frames_generated=worker.frames_done if worker else 0,
         frames_reused=worker.frames_reused if worker else 0,
         batches=worker.batches if worker else 0,

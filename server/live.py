@@ -121,6 +121,7 @@ class LiveServer:
             ),
             temporal_budget=self.loaded.temporal_budget,
         )
+        self.metrics.webrtc_connections.set_function(lambda: len(self.peers))
         memories = self.worker.memories
         self.metrics.count_temporal_memory(lambda: memories.held if memories else 0, self.loaded.temporal_budget)
         self.worker.start()

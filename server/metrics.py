@@ -36,7 +36,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sessions = Gauge(f"{PREFIX}_sessions", "Live sessions (websockets) connected now", registry=r)
-        self.viewers = Gauge(f"{PREFIX}_viewers", "Read-only viewer streams (/api/view) open now", registry=r)
+        self.viewers = Gauge(f"{PREFIX}_viewers", "Read-only viewer streams (/api/view, WHEP) open now", registry=r)
+        self.webrtc_connections = Gauge(
+            f"{PREFIX}_webrtc_connections", "WebRTC connections open now: pages, WHIP cameras, WHEP players", registry=r
+        )
         self.process_requests = Gauge(
             f"{PREFIX}_process_requests", "One-shot POST /api/process requests in progress", registry=r
         )

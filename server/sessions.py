@@ -424,10 +424,12 @@ class SessionManager:
             raise TooManyStreams(f"This session has {session.viewers} viewers; the limit is {self.max_viewers}")
         session.viewers += 1
         session.pixel_viewers += pixels
+        self.metrics.viewers.inc()
 
     def viewer_closed(self, session: Session, *, pixels: bool = False) -> None:
         session.viewers -= 1
         session.pixel_viewers -= pixels
+        self.metrics.viewers.dec()
 
     def video_feed_started(self, session: Session) -> None:
         """A WebRTC or WHIP track feeds the session's camera: the websocket's ping-pong pauses."""

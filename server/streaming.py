@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import AsyncIterator, Callable
 
-from prometheus_client import Gauge
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -43,17 +42,11 @@ def session_stream(session: Session, sessions: SessionManager, *, owner: bool) -
     return MjpegResponse(_parts(session, stream), lambda: sessions.stream_closed(session, stream))
 
 
-def viewer_stream(session: Session, sessions: SessionManager, viewers: Gauge) -> MjpegResponse:
+def viewer_stream(session: Session, sessions: SessionManager) -> MjpegResponse:
     """The frames of `session` for a read-only viewer, until the session ends: the newest frame at once,
     then each new one. A viewer does not ask for frames; `TooManyStreams` past the bound."""
     sessions.viewer_opened(session)
-    viewers.inc()
-
-    def close() -> None:
-        viewers.dec()
-        sessions.viewer_closed(session)
-
-    return MjpegResponse(_parts(session, None), close)
+    return MjpegResponse(_parts(session, None), lambda: sessions.viewer_closed(session))
 
 
 async def _parts(session: Session, stream: Stream | None) -> AsyncIterator[bytes]:

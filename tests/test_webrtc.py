@@ -211,8 +211,13 @@ def test_connecting_and_leaving_again_and_again_leaves_nothing_behind(server):
             rss_before = process.memory_info().rss
             for index in range(50):
                 await cycle(http, index)
+            client, token = await connected(server)  # one page offering again and again: one connection
+            async with closing(client):
+                for _ in range(10):
+                    await Peer(server, client, token).connect(http)
+                assert server.health()["webrtc"] == 1
             server.wait_for_users(0)
-            await asyncio.to_thread(server.wait_for, lambda health: health["streams"] == 0)
+            await asyncio.to_thread(server.wait_for, lambda health: health["streams"] == 0 and health["webrtc"] == 0)
             deadline = time.monotonic() + 30
             while (process.num_fds(), process.num_threads()) > (before[0] + 4, before[1] + 4):
                 assert time.monotonic() < deadline, (before, process.num_fds(), process.num_threads())
@@ -284,9 +289,11 @@ def test_a_whep_player_watches_the_output_as_a_viewer(server):
             track = await asyncio.wait_for(shown, 30)
             frame = (await asyncio.wait_for(track.recv(), 60)).to_ndarray(format="rgb24")
             assert frame.shape == (256, 256, 3) and np.abs(frame.reshape(-1, 3).mean(0) - RED).max() < 25
-            assert server.health()["viewers"] == 1
+            health = server.health()
+            assert health["viewers"] == 1 and health["webrtc"] == 2  # the page's connection and the player's
+            assert "live_diffusion_viewers 1.0" in (await http.get(f"{server.http}/metrics")).text
             assert (await http.delete(server.http + response.headers["location"])).status_code == 200
-            await asyncio.to_thread(server.wait_for, lambda health: health["viewers"] == 0)
+            await asyncio.to_thread(server.wait_for, lambda health: health["viewers"] == 0 and health["webrtc"] == 1)
             await player.close()
 
     asyncio.run(scenario())

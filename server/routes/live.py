@@ -103,6 +103,6 @@ async def view(token: str, live: Live) -> Response:
     if session is None:
         raise HTTPException(404, "No session has this viewer link: the session has ended, or the link is wrong")
     try:
-        return streaming.viewer_stream(session, live.sessions, live.metrics.viewers)
+        return streaming.viewer_stream(session, live.sessions)
     except TooManyStreams as error:
         raise HTTPException(429, str(error)) from None
