@@ -155,6 +155,11 @@ class Config(BaseSettings):
         "Live Diffusion", min_length=1, max_length=100, description="Syphon server name; the short session id is appended"
     )
 
+    # performers' controls
+    osc_port: int = Field(
+        0, ge=0, le=65535, description="UDP port where OSC steers the sessions' parameters (/live/<param> VALUE), on --host; 0: off"
+    )
+
     # WebRTC (server/webrtc.py)
     ice_servers: list[str] = Field(
         [],

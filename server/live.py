@@ -24,6 +24,7 @@ from server.sessions import Session, SessionManager
 from server.worker import SimilarityFilter, Worker
 
 if TYPE_CHECKING:
+    from server.osc import OscReceiver
     from server.webrtc import Peer, Role
 
 OUTPUTS_CLOSE_S = 2.0  # at shutdown: how long the outputs get to remove their NDI sources, Syphon servers
@@ -74,6 +75,7 @@ class LiveServer:
     loop: asyncio.AbstractEventLoop | None = None
     conversations: set[asyncio.Task[Any]] = field(default_factory=set)  # websocket conversations running
     peers: dict[str, Peer] = field(default_factory=dict)  # the WebRTC connections (server/webrtc.py), by id
+    osc: OscReceiver | None = None  # the OSC endpoint (server/osc.py), with --osc-port
 
     @classmethod
     def build(cls, config: Config, loaded: LoadedPipeline) -> LiveServer:
@@ -126,7 +128,14 @@ class LiveServer:
         self.metrics.count_temporal_memory(lambda: memories.held if memories else 0, self.loaded.temporal_budget)
         self.worker.start()
         supervisor = asyncio.create_task(self.worker.supervise_forever())
+        osc_endpoint = None
+        if config.osc_port:
+            from server import osc
+
+            osc_endpoint, self.osc = await osc.listen(config.host, config.osc_port, self.sessions, self.loaded.pipeline.InputParams)
         yield
+        if osc_endpoint is not None:
+            osc_endpoint.close()
         self._end_all()
         await asyncio.gather(*(peer.close() for peer in list(self.peers.values())))
         self.worker.stop()

@@ -40,6 +40,7 @@ MAX_TEXT_MESSAGE_CHARS = 65_536
 MAX_ERRORS_IN_A_ROW = 100  # bad messages without a good one between them: the client is broken or hostile
 
 Expecting = Literal["status", "params", "image", "skip_image", "image_prompt"]
+_UNSENT = object()  # a parameter the page has not sent before
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -102,6 +103,9 @@ class Conversation:
         # so an unchanged message costs neither JSON parsing nor validation.
         self._last_params_text: str | None = None
         self._last_params: ParamsModel | None = None
+        # The parameters the page sent last: only those it changes since replace the session's, so a
+        # change from elsewhere (OSC) stays until the page itself changes that control.
+        self._last_values: dict[str, Any] = {}
 
     async def run(self, user_id: str) -> None:
         await self.ws.accept()
@@ -261,11 +265,13 @@ class Conversation:
             if not isinstance(values, dict):
                 self._refuse(session, "Parameters must be a JSON object", skip_image=True)
                 return
+            changed = {name: value for name, value in values.items() if self._last_values.get(name, _UNSENT) != value}
             try:
-                params = self.params_type.model_validate({**session.params.model_dump(), **values})
+                params = self.params_type.model_validate({**session.params.model_dump(), **changed})
             except ValidationError as error:
                 self._refuse(session, describe_validation_error(error), skip_image=True)
                 return
+            self._last_values = values
             if params == session.params:
                 params = session.params  # unchanged: keep the one object (cheap comparisons from here on)
             self._last_params_text, self._last_params = text, params

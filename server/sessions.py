@@ -343,9 +343,8 @@ class SessionManager:
             self._cond.notify_all()
 
     def params_changed(self, session: Session, params: ParamsModel) -> None:
-        """New parameters without a frame (a WebRTC data channel): the next frames are drawn with them."""
+        """New parameters without a frame (a WebRTC data channel, OSC): the next frames are drawn with them."""
         session.params = params
-        session.last_activity_at = time.monotonic()
 
     def frame_refused(self, session: Session, problem: str) -> None:
         """A bad message or frame: the client hears why, and is asked for a new frame."""

@@ -209,6 +209,7 @@ class Peer:
         except ValueError as error:
             self._tell({"status": "error", "message": str(error)})
             return
+        self.sessions.activity(self.session)
         self.sessions.params_changed(self.session, params)
 
     def _tell(self, message: dict[str, Any]) -> None:
