@@ -38,7 +38,7 @@ class SettingsResponse(BaseModel):
     page_content: str
     # How the page may reach its session, preferred first: "webrtc" (POST /api/webrtc/{user_id},
     # server/webrtc.py), then "mjpeg" (JPEG frames over the websocket, /api/stream back).
-    transports: list[str] = ["webrtc", "mjpeg"]
+    transports: list[str]
     # --ice-servers, for the page's RTCPeerConnection: [{"urls", "username", "credential"}]
     ice_servers: list[dict[str, str]] = []
 
@@ -54,6 +54,8 @@ def settings_response(
         input_params=params_type.model_json_schema(),
         max_queue_size=max_users,
         page_content=markdown2.markdown(info.page_content) if info.page_content else "",
+        # A text pipeline's page sends no camera: its frames come from its parameters, over the websocket.
+        transports=["webrtc", "mjpeg"] if info.input_mode == "image" else ["mjpeg"],
         ice_servers=[
             {key: value for key, value in vars(parse_ice_server(url)).items() if value is not None} for url in ice_servers
         ],

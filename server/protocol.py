@@ -97,7 +97,6 @@ class Conversation:
         self.params: ParamsModel | None = None  # validated, waiting for its image
         self.new_source = False  # the client's next frame comes from another input (next_frame's new_source)
         self.takes_image_prompt = takes_image_prompt
-        self.image_prompt: bytes | None = None  # the client's image prompt (a JPEG), sent with each of its frames
         self.errors_in_a_row = 0
         # The page sends the same parameters with every frame: the last text and what it validated to,
         # so an unchanged message costs neither JSON parsing nor validation.
@@ -288,7 +287,7 @@ class Conversation:
         if not self.takes_image_prompt:
             self._refuse(session, "This pipeline takes no image prompt (its set-up has no IP-Adapter)")
         elif message.get("clear") is True:
-            self.image_prompt = None
+            self.sessions.image_prompt_set(session, None)
             self.errors_in_a_row = 0
             log.info("session %s: image prompt cleared", session.short_id)
             self.sessions.send(session, {"status": "info", "message": "Image prompt cleared: the camera frame is the image prompt"})
@@ -301,7 +300,7 @@ class Conversation:
         except FrameError as error:
             self._refuse(session, f"Image prompt: {error}")
             return
-        self.image_prompt = data
+        self.sessions.image_prompt_set(session, data)
         self.errors_in_a_row = 0
         log.info("session %s: image prompt set (%d bytes)", session.short_id, len(data))
         self.sessions.send(session, {"status": "info", "message": "Image prompt set"})
@@ -326,5 +325,5 @@ class Conversation:
             self._refuse(session, str(error))
             return
         self.sessions.activity(session)
-        self.sessions.frame_accepted(session, Frame(params, data, new_source=self.new_source, image_prompt=self.image_prompt))
+        self.sessions.frame_accepted(session, Frame(params, data, new_source=self.new_source, image_prompt=session.image_prompt))
         self.new_source = False

@@ -125,6 +125,7 @@ class Session:
         self.frame_requested = False  # a send_frame is out, not yet answered
         self.retry: asyncio.TimerHandle | None = None  # the one timer asking the client again
         self.damaged_frames_in_a_row = 0
+        self.image_prompt: bytes | None = None  # the client's image prompt (a JPEG), sent with each of its frames
         self.outputs = outputs  # NDI, Syphon: started with the first stream, stopped at the end
         self.outputs_started = False
 
@@ -342,8 +343,15 @@ class SessionManager:
             session.pending = frame if session.streaming else None
             self._cond.notify_all()
 
+    def image_prompt_set(self, session: Session, jpeg: bytes | None) -> None:
+        """The client's image prompt (checked already), or None: the camera frame is the image prompt."""
+        session.image_prompt = jpeg
+
     def params_changed(self, session: Session, params: ParamsModel) -> None:
         """New parameters without a frame (a WebRTC data channel, OSC): the next frames are drawn with them."""
+        if log.isEnabledFor(logging.DEBUG):
+            changed = {name: value for name, value in params.model_dump().items() if getattr(session.params, name) != value}
+            log.debug("session %s: params changed: %s", session.short_id, _short(changed))
         session.params = params
 
     def frame_refused(self, session: Session, problem: str) -> None:

@@ -183,7 +183,8 @@ class Peer:
                 self._tell({"status": "error", "message": f"Frame is {video.width}x{video.height}; the limit is "
                                                           f"{self.max_frame_pixels} pixels"})
                 continue
-            self.sessions.video_frame(self.session, Frame(self.session.params, None, video=video))
+            self.sessions.video_frame(
+                self.session, Frame(self.session.params, None, video=video, image_prompt=self.session.image_prompt))
 
     @staticmethod
     async def _drain(track: MediaStreamTrack) -> None:

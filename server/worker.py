@@ -298,18 +298,18 @@ class Worker:
         prompts: list[Image.Image | None] = [None] * len(jobs)
         to_generate = []
         for index, (source, frame) in enumerate(jobs):
-            if frame.video is not None:
-                images[index] = frame.video.to_image()  # decoded by the WebRTC track: to RGB here, off the loop
-            elif frame.data is not None:
-                try:
+            try:
+                if frame.video is not None:
+                    images[index] = frame.video.to_image()  # decoded by the WebRTC track: to RGB here, off the loop
+                elif frame.data is not None:
                     images[index] = decode_image(
                         frame.data, max_bytes=self.max_frame_bytes, max_pixels=self.max_frame_pixels,
                         min_size=_params_size(frame),
                     )
-                    prompts[index] = self._image_prompt(frame)
-                except FrameError as error:
-                    outcomes[index] = Outcome(error=str(error), error_kind="input")
-                    continue
+                prompts[index] = self._image_prompt(frame)
+            except FrameError as error:
+                outcomes[index] = Outcome(error=str(error), error_kind="input")
+                continue
             reused = None
             if self.similarity_filter and isinstance(source, Session) and images[index] is not None:
                 reused = self.similarity_filter.reuse(source, frame, images[index])

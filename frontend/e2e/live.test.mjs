@@ -1,6 +1,9 @@
 // End-to-end: the built page in Debian's headless Chromium (fake camera fed from a y4m clip made
 // here) against the real server with miniature models. Run with `npm run e2e` from frontend/.
 //
+// The page streams over WebRTC where it can (image pipelines without an image prompt): the tests
+// that are about the websocket's frames or the MJPEG stream open it with ?transport=mjpeg.
+//
 // Every test stands alone: it opens its own browser context (and page), and whatever it opened is
 // closed after it (afterEach), which then waits until the server reports no user left, so the next
 // test finds the single --max-users 1 place free. One server per describe, both started by the
@@ -124,10 +127,10 @@ class LiveSuite {
 		return context.newPage();
 	}
 
-	/** A new page of the server, loaded. */
-	async livePage(options) {
+	/** A new page of the server, loaded; `query`: '?transport=mjpeg', say. */
+	async livePage(options, query = '') {
 		const page = await this.newPage(this.browser, options);
-		await open(page, this.server.url);
+		await open(page, `${this.server.url}/${query}`);
 		return page;
 	}
 
@@ -139,9 +142,30 @@ class LiveSuite {
 	}
 }
 
-// Counts the send_frame requests the page got and the binary frames it sent, keeps the last one.
+// Counts the send_frame requests the page got and the binary frames it sent, keeps the last one;
+// keeps the page's peer connections and what it sent on data channels (__tamperChannel, when a
+// test sets it, rewrites the next message sent there).
 const RECORDER = `
 (() => {
+	window.__peers = [];
+	const NativePeerConnection = window.RTCPeerConnection;
+	window.RTCPeerConnection = class extends NativePeerConnection {
+		constructor(...args) {
+			super(...args);
+			window.__peers.push(this);
+		}
+	};
+	window.__channelSends = [];
+	window.__tamperChannel = null;
+	const channelSend = RTCDataChannel.prototype.send;
+	RTCDataChannel.prototype.send = function (data) {
+		if (window.__tamperChannel) {
+			data = window.__tamperChannel(data);
+			window.__tamperChannel = null;
+		}
+		window.__channelSends.push(data);
+		return channelSend.call(this, data);
+	};
 	window.__sendFrames = 0;
 	window.__binarySends = 0;
 	window.__lastFrame = null;
@@ -172,6 +196,9 @@ async function open(page, url) {
 
 const debug = (page, expr) => page.evaluate(`window.__liveDiffusion.${expr}`);
 const startButton = (page) => page.locator('[data-testid=start]');
+/** The output: an <img> over MJPEG, a <video> over WebRTC. */
+const OUTPUT = '[data-testid=output-image], [data-testid=output-video]';
+const transportShown = (page) => page.locator('[data-testid=transport]').innerText();
 const streamEndedNote = (page) => page.locator('[data-testid=stream-ended]');
 
 async function startButtonText(page) {
@@ -222,16 +249,17 @@ async function tracksEnded(page) {
 	return tracks.length > 0 && tracks.every((t) => t.readyState === 'ended');
 }
 
-/** A small hash of the output image's pixels; null while there is none. */
-function outputHash(page, selector = '[data-testid=output-image]') {
+/** A small hash of the output picture's pixels (an <img> or a <video>); null while there is none. */
+function outputHash(page, selector = OUTPUT) {
 	return page.evaluate((selector) => {
-		const img = document.querySelector(selector);
-		if (!img || !img.complete || !img.naturalWidth) return null;
+		const el = document.querySelector(selector);
+		const shown = el?.tagName === 'VIDEO' ? el.videoWidth > 0 : el?.complete && el.naturalWidth > 0;
+		if (!shown) return null;
 		const c = document.createElement('canvas');
 		c.width = 64;
 		c.height = 64;
 		const x = c.getContext('2d');
-		x.drawImage(img, 0, 0, 64, 64);
+		x.drawImage(el, 0, 0, 64, 64);
 		const d = x.getImageData(0, 0, 64, 64).data;
 		let h = 0;
 		for (let i = 0; i < d.length; i += 3) h = (h * 31 + d[i]) >>> 0;
@@ -239,19 +267,20 @@ function outputHash(page, selector = '[data-testid=output-image]') {
 	}, selector);
 }
 
-/** Waits until the output showed `n` different pictures. */
-/** The natural size of the picture at `selector`, read in the moment it is shown: a stream replaces
- * the picture several times a second, and one being replaced may have no size yet. */
-function shownSize(page, selector = '[data-testid=output-image]', what = 'a frame shown') {
+/** The natural size of the picture at `selector` (an <img> or a <video>), read in the moment it is
+ * shown: a stream replaces the picture several times a second, and one being replaced may have no size yet. */
+function shownSize(page, selector = OUTPUT, what = 'a frame shown') {
 	return waitFor(
 		() => page.evaluate((selector) => {
-			const img = document.querySelector(selector);
-			return img && img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null;
+			const el = document.querySelector(selector);
+			if (el?.tagName === 'VIDEO') return el.videoWidth > 0 ? [el.videoWidth, el.videoHeight] : null;
+			return el && el.complete && el.naturalWidth > 0 ? [el.naturalWidth, el.naturalHeight] : null;
 		}, selector),
 		{ timeout: FRAME_TIMEOUT, what }
 	);
 }
 
+/** Waits until the output showed `n` different pictures. */
 async function waitForDifferentOutputs(page, n, selector) {
 	const seen = new Set();
 	await waitFor(
@@ -315,6 +344,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	let settings;
 	let props;
 	const livePage = (options) => suite.livePage(options);
+	const mjpegPage = (options) => suite.livePage(options, '?transport=mjpeg');
 
 	beforeEach(async () => {
 		settings ??= await (await fetch(`${server.url}/api/settings`)).json();
@@ -350,9 +380,11 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await page.screenshot({ path: artifact('01-idle-desktop.png') });
 	});
 
-	it('Start produces output frames of the pipeline size that change over time', async () => {
-		const page = await livePage();
+	it('over MJPEG (?transport=mjpeg), Start produces output frames of the pipeline size that change over time', async () => {
+		const page = await mjpegPage();
 		await startSession(page, 3);
+		assert.equal(await transportShown(page), 'MJPEG');
+		assert.equal(await page.evaluate(() => window.__peers.length), 0, 'no WebRTC');
 		const width = props.width.default;
 		const height = props.height.default;
 		assert.deepEqual(await shownSize(page), [width, height]);
@@ -379,8 +411,53 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await page.screenshot({ path: artifact('02-live-desktop.png') });
 	});
 
-	it('a prompt or slider change reaches the server with the next frame', async () => {
+	it('streams over WebRTC by default: the camera as a track, the output in a video, the parameters on a data channel', async () => {
 		const page = await livePage();
+		await startSession(page, 2);
+		assert.equal(await transportShown(page), 'WebRTC');
+		assert.equal(await page.locator('[data-testid=output-image]').count(), 0, 'no MJPEG picture');
+		assert.deepEqual(await shownSize(page, '[data-testid=output-video]'), [props.width.default, props.height.default]);
+		await waitForDifferentOutputs(page, 3, '[data-testid=output-video]');
+		assert.equal(await page.evaluate(() => window.__binarySends), 0, 'no JPEG frames over the websocket');
+		assert.equal(await page.locator('[data-testid=connection-state]').innerText(), 'Live');
+		await waitFor(async () => /\d/.test(await page.locator('[data-testid=fps]').innerText()), { what: 'fps' });
+		await page.screenshot({ path: artifact('02-live-webrtc.png') });
+		// All the parameters when the channel opened, then each change at once.
+		const opening = JSON.parse(await page.evaluate(() => window.__channelSends[0]));
+		assert.equal(opening.prompt, props.prompt.default);
+		assert.equal(opening.strength, props.strength.default);
+		const tag = randomTag('webrtc prompt');
+		await page.locator('#param-prompt').fill(tag);
+		await waitFor(() => page.evaluate((tag) => window.__channelSends.some((m) => JSON.parse(m).prompt === tag), tag), {
+			what: 'the new prompt on the data channel'
+		});
+		// The server checks what comes on the channel and answers there: an out-of-range value, once.
+		await page.evaluate(() => (window.__tamperChannel = (m) => JSON.stringify({ ...JSON.parse(m), steps: 1000 })));
+		await setNumber(page, 'strength', '0.73');
+		await waitForNotice(page, /Server error.*steps/i);
+		assert.equal(await debug(page, 'state()'), 'live');
+		await waitForMoreFrames(page);
+	});
+
+	it('falls back to MJPEG, and says so, when the server refuses the WebRTC offer', async () => {
+		const page = await livePage();
+		const detail = "The offer's video codecs are not supported: offer VP8 or H264";
+		await page.route('**/api/webrtc/**', (route) =>
+			route.fulfill({ status: 400, contentType: 'application/json', body: JSON.stringify({ detail }) })
+		);
+		await startButton(page).click();
+		await waitForNotice(page, /WebRTC did not work/);
+		const text = await noticeText(page);
+		assert.ok(text.includes(detail) && text.includes('HTTP 400'), `the server's reason on the page: ${text}`);
+		await waitForFrames(page, 2);
+		assert.equal(await transportShown(page), 'MJPEG');
+		assert.equal(await page.locator('[data-testid=output-video]').count(), 0);
+		assert.deepEqual(await shownSize(page, '[data-testid=output-image]'), [props.width.default, props.height.default]);
+		assert.ok((await page.evaluate(() => window.__binarySends)) >= 2, 'JPEG frames over the websocket');
+	});
+
+	it('a prompt or slider change reaches the server with the next frame', async () => {
+		const page = await mjpegPage();
 		await startSession(page);
 		const tag = randomTag('e2e prompt');
 		let mark = server.mark();
@@ -447,7 +524,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it("the page gets its output though others hold all four of the session's streams", async () => {
-		const page = await livePage();
+		const page = await mjpegPage();
 		// The page's stream request waits until the test has opened the session's four streams.
 		let release;
 		const gate = new Promise((r) => (release = r));
@@ -478,7 +555,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it('a refused output stream: the page says why, and shows the output when asked again', async () => {
-		const page = await livePage();
+		const page = await mjpegPage();
 		const detail = 'This session has 4 streams open; the limit is 4';
 		await page.route('**/api/stream/**', (route) =>
 			route.fulfill({ status: 429, contentType: 'application/json', body: JSON.stringify({ detail }) })
@@ -498,7 +575,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it('says when the output stream ends while the session is on, and shows it again', async () => {
-		const page = await livePage();
+		const page = await mjpegPage();
 		// A stream that the server (or a proxy on the way) ends at once, without a frame.
 		await page.route('**/api/stream/**', (route) =>
 			route.fulfill({ status: 200, contentType: 'multipart/x-mixed-replace;boundary=frame', body: '--frame--\r\n' })
@@ -517,7 +594,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it('shows a server error and keeps the session going', async () => {
-		const page = await livePage();
+		const page = await mjpegPage();
 		// Rewrite the parameters on the wire to an out-of-range value, once, as a broken client would.
 		let tamper = true;
 		await page.routeWebSocket(/\/api\/ws\//, (ws) => {
@@ -541,9 +618,10 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await waitForMoreFrames(page);
 	});
 
-	it('Stop ends the camera tracks and closes the socket', async () => {
+	it('Stop ends the camera tracks and closes the socket and the peer connection', async () => {
 		const page = await livePage();
 		await startSession(page);
+		assert.equal(await transportShown(page), 'WebRTC');
 		const mark = server.mark();
 		await startButton(page).click();
 		await waitForIdle(page);
@@ -553,8 +631,9 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		await waitFor(async () => (await debug(page, 'socketState()')) === 3, { what: 'socket closed' });
 		assert.ok(await page.evaluate(() => window.__sockets.length > 0 && window.__sockets.every((s) => s.readyState === WebSocket.CLOSED)));
 		await server.waitForLog(/session \w+: closed after/, { from: mark });
+		assert.deepEqual(await page.evaluate(() => window.__peers.map((p) => p.signalingState)), ['closed']);
 		// No stale output frame stays on screen.
-		assert.equal(await page.locator('[data-testid=output-image]').count(), 0);
+		assert.equal(await page.locator(OUTPUT).count(), 0);
 		const video = await page.evaluate(() => document.querySelector('[data-testid=input-video]')?.srcObject ?? null);
 		assert.equal(video, null);
 		assert.equal(await page.locator('[data-testid=connection-state]').innerText(), 'Idle');
@@ -741,7 +820,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it('shows "Session timed out" when the server ends an idle session', async () => {
-		const page = await livePage();
+		const page = await mjpegPage();
 		// The page's messages never reach the server (a frozen client): it ends the session as idle.
 		await page.routeWebSocket(/\/api\/ws\//, (ws) => {
 			const upstream = ws.connectToServer();
@@ -775,7 +854,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it('uses a local image file as the source', async () => {
-		const page = await livePage();
+		const page = await mjpegPage();
 		await page.locator('input[type=file]').setInputFiles(bmp);
 		// The name shows at once, the size once the image has been decoded.
 		await waitFor(async () => /input\.bmp.*200×150/s.test(await page.locator('[data-testid=source-summary]').innerText()), {
@@ -801,7 +880,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 	});
 
 	it('stacks input and output on a phone', async () => {
-		const page = await livePage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+		const page = await mjpegPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
 		await startSession(page, 2);
 		const [a, b] = await Promise.all([
 			page.locator('[data-testid=input-pane]').boundingBox(),
@@ -926,7 +1005,8 @@ describe('a ControlNet stack (a set-up) against the real server', { timeout: 600
 	const stackServer = suite.server;
 
 	it('shows a scale per ControlNet, sends each, and shows the control image when asked', async () => {
-		const page = await suite.livePage();
+		// Over MJPEG: the server logs the parameter changes that come with frames.
+		const page = await suite.livePage(undefined, '?transport=mjpeg');
 		for (const [name, title] of [['depth_scale', /Depth scale/], ['canny_scale', /Canny edges scale/]]) {
 			const field = page.locator(`[data-param=${name}]`);
 			assert.ok(await field.isVisible(), `a visible ${name} slider`);

@@ -1,6 +1,7 @@
 /**
  * Capture sizing: how a source frame (camera, screen, file) is placed into the pipeline's
- * width x height, and the one-frame JPEG capture done only when the server asks for a frame.
+ * width x height, and the one-frame JPEG capture done only when the server asks for a frame (over
+ * WebRTC the same drawing feeds a canvas track instead).
  */
 
 export type FitMode = 'cover' | 'contain';
@@ -86,20 +87,16 @@ export interface CaptureOptions {
 }
 
 /**
- * Draw the current frame of `source` into `canvas` at width x height and encode one JPEG.
- * Resolves to null when the source has no frame yet.
+ * Draw the current frame of `source` into `canvas` at width x height, framed and flipped.
+ * False when the source has no frame yet (the canvas is left as it was).
  */
-export async function captureJpeg(
-	source: CanvasImageSource,
-	canvas: HTMLCanvasElement,
-	o: CaptureOptions
-): Promise<Blob | null> {
+export function drawFrame(source: CanvasImageSource, canvas: HTMLCanvasElement, o: CaptureOptions): boolean {
 	const { width: srcW, height: srcH } = sourceSize(source);
-	if (!srcW || !srcH) return null;
+	if (!srcW || !srcH) return false;
 	if (canvas.width !== o.width) canvas.width = o.width;
 	if (canvas.height !== o.height) canvas.height = o.height;
 	const ctx = canvas.getContext('2d', { alpha: false });
-	if (!ctx) return null;
+	if (!ctx) return false;
 	const r = computeDrawRect(srcW, srcH, o.width, o.height, o.mode);
 	ctx.setTransform(1, 0, 0, 1, 0, 0);
 	if (o.mode === 'contain') {
@@ -110,5 +107,18 @@ export async function captureJpeg(
 	ctx.imageSmoothingQuality = 'high';
 	ctx.drawImage(source, r.sx, r.sy, r.sw, r.sh, r.dx, r.dy, r.dw, r.dh);
 	ctx.setTransform(1, 0, 0, 1, 0, 0);
+	return true;
+}
+
+/**
+ * Draw the current frame of `source` into `canvas` at width x height and encode one JPEG.
+ * Resolves to null when the source has no frame yet.
+ */
+export async function captureJpeg(
+	source: CanvasImageSource,
+	canvas: HTMLCanvasElement,
+	o: CaptureOptions
+): Promise<Blob | null> {
+	if (!drawFrame(source, canvas, o)) return null;
 	return new Promise((resolve) => canvas.toBlob((b) => resolve(b), 'image/jpeg', o.quality ?? 0.85));
 }

@@ -1,8 +1,9 @@
 // The input of image pipelines: a camera, a shared screen, or a video or image file, with the
-// framing and flips applied to the frames sent. The camera choice, flips and framing are stored.
+// framing and flips applied to the frames sent (one JPEG at a time over MJPEG, a video track over
+// WebRTC). The camera choice, flips and framing are stored.
 // The <video> and <img> are the input panel's; it binds them here.
 import { tick } from 'svelte';
-import { captureJpeg, type FitMode } from './capture';
+import { captureJpeg, drawFrame, type FitMode } from './capture';
 import {
 	RESOLUTIONS,
 	cameraConstraints,
@@ -19,6 +20,9 @@ import { load, save } from './storage';
 
 /** Turns false once the start or session that asked for the source is over (see LiveSession.guard). */
 type StillWanted = () => boolean;
+
+/** How often the WebRTC track gets a new picture: a camera's rate. */
+const TRACK_FPS = 30;
 
 interface StoredPrefs {
 	cam?: Partial<CameraPrefs>;
@@ -55,6 +59,8 @@ export class InputSource {
 	/** Every track ever opened (the end-to-end tests check that all of them ended). */
 	readonly openedTracks: MediaStreamTrack[] = [];
 	#canvas: HTMLCanvasElement | null = null;
+	/** The WebRTC track being fed, and the timer that draws into its canvas. */
+	#feed: { track: MediaStreamTrack; timer: ReturnType<typeof setInterval> } | null = null;
 	#notices: NoticeBoard;
 	#onEnded: (kind: SourceKind) => void;
 
@@ -262,6 +268,7 @@ export class InputSource {
 
 	/** After a session: the camera goes off, a video file pauses. */
 	sessionEnded(): void {
+		this.stopTrack();
 		this.release();
 		if (this.kind === 'file' && this.video && this.file?.type === 'video') this.video.pause();
 	}
@@ -287,6 +294,35 @@ export class InputSource {
 			flipV: this.flipV,
 			quality: 0.85
 		});
+	}
+
+	/**
+	 * The input as a video track (WebRTC): whatever the source is now (camera, screen, file; it may
+	 * change during the session) drawn into a canvas at the pipeline's size, framed and flipped as
+	 * the JPEGs are, so the server gets the same pictures either way. Fed until `stopTrack()`.
+	 */
+	startTrack(size: () => { width: number; height: number }): MediaStreamTrack | null {
+		this.stopTrack();
+		const canvas = document.createElement('canvas');
+		({ width: canvas.width, height: canvas.height } = size());
+		const track = canvas.captureStream(TRACK_FPS).getVideoTracks()[0];
+		if (!track) return null;
+		// The server wants every pixel: the encoder drops frames rather than resolution.
+		track.contentHint = 'detail';
+		const draw = () => {
+			const el = this.#element();
+			if (el) drawFrame(el, canvas, { ...size(), mode: this.fit, flipH: this.flipH, flipV: this.flipV });
+		};
+		draw();
+		this.#feed = { track, timer: setInterval(draw, 1000 / TRACK_FPS) };
+		return track;
+	}
+
+	stopTrack(): void {
+		if (!this.#feed) return;
+		clearInterval(this.#feed.timer);
+		this.#feed.track.stop();
+		this.#feed = null;
 	}
 
 	#element(): CanvasImageSource | null {

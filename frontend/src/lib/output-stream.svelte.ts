@@ -1,6 +1,9 @@
-// The session's output: `GET /api/stream/{user_id}` read with fetch() and shown frame by frame,
-// with the frame rate and latency measured where the frames are shown. Each frame also goes to the
-// pop-out window, if one is open.
+// The session's output, shown with the frame rate (and, over MJPEG, the latency) measured where the
+// frames are shown. Each frame also goes to the pop-out window, if one is open.
+// - MJPEG: `GET /api/stream/{user_id}` read with fetch() and shown frame by frame in an <img>.
+// - WebRTC: the output track in a <video> (`video`), its frames counted as the video shows them
+//   (requestVideoFrameCallback). The page has no JPEG of them: the snapshot and the pop-out get the
+//   shown frame encoded here.
 import { FrameDisplay } from './frame-display.svelte';
 import { readMultipart } from './mjpeg';
 import type { NoticeBoard } from './notice-board.svelte';
@@ -9,6 +12,8 @@ import { FrameStats } from './stats';
 
 /** Where else the frames go (the pop-out window). */
 export interface FrameMirror {
+	/** Someone is watching: over WebRTC each frame is encoded as a JPEG only then. */
+	readonly isOpen: boolean;
 	frame(jpeg: Uint8Array): void;
 	/** Nothing to show any more, and why ("Stopped"). */
 	clear(reason: string): void;
@@ -26,8 +31,14 @@ export class OutputStream {
 	fps = $state(0);
 	latency = $state<number | null>(null);
 	framesShown = $state(0);
-	/** The bytes of the newest frame, as the server sent them (snapshots). */
+	/** The bytes of the newest MJPEG frame, as the server sent them (snapshots). */
 	lastJpeg: Uint8Array | null = null;
+	/** The WebRTC output, for the pane's <video>; null over MJPEG. */
+	video = $state.raw<MediaStream | null>(null);
+	#videoElement: HTMLVideoElement | null = null;
+	#jpegCanvas: HTMLCanvasElement | null = null;
+	/** A frame is being encoded for the pop-out: newer ones are not queued behind it. */
+	#mirroring = false;
 	#stats = new FrameStats();
 	#reading: AbortController | null = null;
 	#notices: NoticeBoard;
@@ -114,6 +125,39 @@ export class OutputStream {
 		}
 	}
 
+	/** Shows the WebRTC output (in place of any MJPEG stream). */
+	showVideo(stream: MediaStream): void {
+		this.close();
+		this.video = stream;
+	}
+
+	/**
+	 * Plays the WebRTC output in the pane's <video> until the returned cleanup (a Svelte attachment):
+	 * each new frame counts as shown, and goes to the pop-out window while one is open.
+	 */
+	attachVideo(element: HTMLVideoElement, stream: MediaStream): () => void {
+		this.#videoElement = element;
+		element.srcObject = stream;
+		void element.play().catch(() => {}); // muted: autoplay is allowed
+		let handle = 0;
+		const onFrame = () => {
+			this.#videoFrameShown(element);
+			handle = element.requestVideoFrameCallback(onFrame);
+		};
+		handle = element.requestVideoFrameCallback(onFrame);
+		return () => {
+			element.cancelVideoFrameCallback(handle);
+			element.srcObject = null;
+			if (this.#videoElement === element) this.#videoElement = null;
+		};
+	}
+
+	/** The frame on screen as a JPEG (snapshots): over MJPEG the server's bytes, over WebRTC the video frame encoded here. */
+	async currentJpeg(): Promise<Uint8Array | null> {
+		if (this.#videoElement) return this.#videoJpeg(this.#videoElement);
+		return this.lastJpeg;
+	}
+
 	/** The <img> loaded (`ok`) or failed to decode the frame it was given. */
 	shown(ok: boolean): void {
 		const now = performance.now();
@@ -131,6 +175,7 @@ export class OutputStream {
 		this.#reading = null;
 		this.frames.clear();
 		this.lastJpeg = null;
+		this.video = null;
 		this.hasFrame = false;
 		this.streamEnded = false;
 		this.#notices.dismiss('stream');
@@ -142,6 +187,31 @@ export class OutputStream {
 		this.close('Stopped');
 		this.fps = 0;
 		this.latency = null;
+	}
+
+	#videoFrameShown(element: HTMLVideoElement): void {
+		this.#stats.frameShown(performance.now());
+		this.framesShown++;
+		this.hasFrame = true;
+		if (this.#mirror.isOpen && !this.#mirroring) {
+			this.#mirroring = true;
+			void this.#videoJpeg(element)
+				.then((jpeg) => {
+					if (jpeg && this.video) this.#mirror.frame(jpeg);
+				})
+				.finally(() => (this.#mirroring = false));
+		}
+	}
+
+	async #videoJpeg(element: HTMLVideoElement): Promise<Uint8Array | null> {
+		const { videoWidth: width, videoHeight: height } = element;
+		if (!width || !height) return null;
+		const canvas = (this.#jpegCanvas ??= document.createElement('canvas'));
+		canvas.width = width;
+		canvas.height = height;
+		canvas.getContext('2d')?.drawImage(element, 0, 0, width, height);
+		const blob = await new Promise<Blob | null>((resolve) => canvas.toBlob(resolve, 'image/jpeg', 0.92));
+		return blob ? new Uint8Array(await blob.arrayBuffer()) : null;
 	}
 
 	#arrived(jpeg: Uint8Array): void {

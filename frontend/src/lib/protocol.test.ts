@@ -222,6 +222,24 @@ describe('LiveClient', () => {
 		expect(t.sock.sent.length).toBe(9);
 	});
 
+	it('holds its answers while the camera goes over WebRTC, and answers the waiting request when released', async () => {
+		t.client.holdFrames(true);
+		t.client.connect();
+		accept(t);
+		t.sock.msg({ status: 'send_frame' });
+		await flush();
+		expect(t.frameCalls).toBe(0);
+		expect(t.sock.sent).toEqual([]);
+		t.client.holdFrames(false);
+		await flush();
+		expect(t.frameCalls).toBe(1);
+		expect(t.sock.sent.map((m) => (typeof m === 'string' ? JSON.parse(m) : m))).toEqual([
+			{ status: 'next_frame' },
+			{ prompt: 'a cat', steps: 4 },
+			new Uint8Array([0xff, 0xd8, 1, 2, 3])
+		]);
+	});
+
 	it('sends the current params with each frame', async () => {
 		t.client.connect();
 		accept(t);

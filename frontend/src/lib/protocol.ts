@@ -10,6 +10,7 @@
  *                    parameter values, then (image pipelines) one binary JPEG; an empty binary
  *                    message means "no frame yet". The first frame of another input (camera,
  *                    screen, file) says so: {"status":"next_frame","new_source":true}.
+ *                    While the camera goes over WebRTC (webrtc.ts) the page holds its answers.
  *
  * The socket is injected so the state machine can be unit-tested with a fake.
  */
@@ -89,6 +90,7 @@ export class LiveClient {
 	private frameRequested = false;
 	private lastSourceId: number | null = null;
 	private pumping = false;
+	private framesHeld = false;
 	private lastError: string | null = null;
 	private serverClosing: { reason: EndReason; message: string } | null = null;
 	private readonly o: Required<
@@ -154,6 +156,15 @@ export class LiveClient {
 			ws.send(jpeg);
 		}
 		return true;
+	}
+
+	/**
+	 * Hold the answers to send_frame (the camera goes over WebRTC: the server must not get every
+	 * frame twice), or answer again, starting with a request that came while they were held.
+	 */
+	holdFrames(held: boolean): void {
+		this.framesHeld = held;
+		if (!held) void this.pump();
 	}
 
 	/** Close the session from our side. */
@@ -236,7 +247,7 @@ export class LiveClient {
 		if (this.pumping) return;
 		this.pumping = true;
 		try {
-			while (this.frameRequested && this.state === 'connected') {
+			while (this.frameRequested && !this.framesHeld && this.state === 'connected') {
 				this.frameRequested = false;
 				let frame: FrameData | null = null;
 				if (this.o.inputMode === 'image') {

@@ -44,6 +44,10 @@ export interface Settings {
 	input_params: ObjectSchema;
 	max_queue_size: number;
 	page_content: string;
+	/** How the page may reach its session, preferred first ("webrtc", "mjpeg"); older servers leave it out. */
+	transports?: string[];
+	/** STUN and TURN servers for the page's RTCPeerConnection (the server's --ice-servers). */
+	ice_servers?: RTCIceServer[];
 }
 
 export interface Widget {

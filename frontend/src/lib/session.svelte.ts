@@ -1,9 +1,12 @@
 // One live session at a time: Start → (prepare: settings, input source) → websocket → live → ended.
-// The websocket conversation itself is LiveClient's (protocol.ts); this module owns its lifecycle
-// and tells the rest of the page what happened through the hooks. Parameters go with every frame.
+// The websocket conversation itself is LiveClient's (protocol.ts), the WebRTC one WebRtcLink's
+// (webrtc.ts); this module owns their lifecycle and tells the rest of the page what happened through
+// the hooks. Over MJPEG the parameters go with every frame, over WebRTC as they change.
 import { LiveClient, socketUrl, type ClientEvent, type EndReason, type SocketLike } from './protocol';
 import type { InputMode, ParamValues } from './schema';
 import { uuid } from './storage';
+import type { Transport } from './transport';
+import { WebRtcLink, type WebRtcLinkLike, type WebRtcLinkOptions } from './webrtc';
 
 export type Phase = 'idle' | 'starting' | 'connecting' | 'live';
 
@@ -22,8 +25,18 @@ export interface SessionHooks {
 	sourceId?(): number;
 	/** A new session with this user id is about to connect. */
 	onConnecting(userId: string): void;
-	/** The server accepted the session: its output stream can be opened. */
+	/** The transport of a new session (read once it is prepared). */
+	transport(): Transport;
+	/** The input as a video track, for WebRTC; null when there is none. */
+	inputTrack(): MediaStreamTrack | null;
+	/** STUN and TURN servers for WebRTC. */
+	iceServers(): RTCIceServer[];
+	/** The server accepted the session: over MJPEG its output stream can be opened (see `transport`). */
 	onLive(userId: string, streamToken: string): void;
+	/** The WebRTC output arrived. */
+	onOutputVideo(stream: MediaStream): void;
+	/** WebRTC did not work, and why: the session goes on over MJPEG (its output stream can be opened). */
+	onFallback(reason: string): void;
 	/** An input went out that an output frame will answer (latency is measured from `at`). */
 	onInputSent(at: number): void;
 	/** An error the server reported; the session goes on. */
@@ -40,6 +53,8 @@ export interface SessionOptions {
 	page?: { protocol: string; host: string };
 	/** A stand-in for the browser WebSocket (tests). */
 	createSocket?: (url: string) => SocketLike;
+	/** A stand-in for the WebRTC link (tests). */
+	createWebRtcLink?: (options: WebRtcLinkOptions) => WebRtcLinkLike;
 }
 
 export class LiveSession {
@@ -52,10 +67,13 @@ export class LiveSession {
 	lastSentParams: ParamValues = {};
 	/** Inputs sent in this session that wait for an output. */
 	framesSent = 0;
+	/** How the current or last session's pictures travel; WebRTC may fall back to MJPEG mid-session. */
+	transport = $state<Transport>('mjpeg');
 	#hooks: SessionHooks;
 	#options: SessionOptions;
 	#client: LiveClient | null = null;
 	#lastClient: LiveClient | null = null;
+	#link: WebRtcLinkLike | null = null;
 	/** Bumped on every start and end: async work begun for an older one drops its result. */
 	#generation = 0;
 	#lastSentJson = '';
@@ -95,6 +113,7 @@ export class LiveSession {
 			return;
 		}
 		this.phase = 'connecting';
+		this.transport = this.#hooks.transport();
 		this.userId = uuid();
 		this.#lastSentJson = '';
 		this.framesSent = 0;
@@ -108,6 +127,8 @@ export class LiveSession {
 			sourceId: () => this.#hooks.sourceId?.() ?? 0,
 			onEvent: (e) => this.#onClientEvent(client, e)
 		});
+		// Over WebRTC the camera goes as a track: the websocket's frame requests wait for a fallback.
+		if (this.transport === 'webrtc') client.holdFrames(true);
 		this.#client = client;
 		this.#lastClient = client;
 		client.connect();
@@ -116,6 +137,13 @@ export class LiveSession {
 	/** Send a new image prompt (or drop it: null) to the live session; a later session sends the hook's. */
 	sendImagePrompt(jpeg: Blob | null): void {
 		if (this.phase === 'live') this.#client?.sendImagePrompt(jpeg);
+	}
+
+	/** The parameters changed: over WebRTC they go now (over MJPEG with the next frame). */
+	paramsChanged(values: ParamValues): void {
+		if (!this.#link) return;
+		this.lastSentParams = values;
+		this.#link.sendParams(values);
 	}
 
 	stop(): void {
@@ -141,6 +169,7 @@ export class LiveSession {
 				const prompt = this.#hooks.imagePrompt?.() ?? null;
 				if (prompt) c.sendImagePrompt(prompt);
 				this.#hooks.onLive(this.userId, e.streamToken);
+				if (this.transport === 'webrtc') this.#startWebRtc(c);
 				break;
 			}
 			case 'frame-sent':
@@ -163,8 +192,49 @@ export class LiveSession {
 		}
 	}
 
+	#startWebRtc(c: LiveClient): void {
+		const track = this.#hooks.inputTrack();
+		if (!track) {
+			this.#fallBack(c, 'the input gave no video track');
+			return;
+		}
+		const options: WebRtcLinkOptions = {
+			userId: this.userId,
+			streamToken: this.streamToken,
+			iceServers: this.#hooks.iceServers(),
+			track,
+			params: () => this.#paramsToSend(),
+			onOutput: (stream) => {
+				if (this.#link === link) this.#hooks.onOutputVideo(stream);
+			},
+			onServerMessage: (level, message) => {
+				if (this.#link !== link) return;
+				if (level === 'error') this.#hooks.onServerError(message);
+				else this.#hooks.onServerInfo?.(message);
+			},
+			onFailed: (reason) => {
+				if (this.#link === link) this.#fallBack(c, reason);
+			}
+		};
+		const link = this.#options.createWebRtcLink?.(options) ?? new WebRtcLink(options);
+		this.#link = link;
+		link.start();
+	}
+
+	/** WebRTC did not work: the session goes on, its frames over the websocket and its output as MJPEG. */
+	#fallBack(c: LiveClient, reason: string): void {
+		if (c !== this.#client) return;
+		this.#link?.close();
+		this.#link = null;
+		this.transport = 'mjpeg';
+		this.#hooks.onFallback(reason);
+		c.holdFrames(false);
+	}
+
 	#end(reason: EndReason, message: string): void {
 		this.#generation++;
+		this.#link?.close();
+		this.#link = null;
 		this.#client = null;
 		this.phase = 'idle';
 		this.#hooks.onEnded(reason, message);

@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import type { SocketLike } from './protocol';
 import type { ParamValues } from './schema';
 import { LiveSession, type SessionHooks } from './session.svelte';
+import type { Transport } from './transport';
+import type { WebRtcLinkLike, WebRtcLinkOptions } from './webrtc';
 
 /** A websocket the test plays the server of. */
 class FakeSocket implements SocketLike {
@@ -30,10 +32,36 @@ class FakeSocket implements SocketLike {
 
 const flush = () => new Promise((r) => setTimeout(r, 0));
 
+/** A WebRTC link the test plays the browser and the server of. */
+class FakeLink implements WebRtcLinkLike {
+	started = false;
+	closed = false;
+	sent: ParamValues[] = [];
+	constructor(readonly options: WebRtcLinkOptions) {}
+	start() {
+		this.started = true;
+	}
+	sendParams(values: ParamValues) {
+		this.sent.push(values);
+	}
+	close() {
+		this.closed = true;
+	}
+}
+
+const fakeTrack = { kind: 'video' } as MediaStreamTrack;
+const fakeStream = {} as MediaStream;
+
 /** A session whose hooks record what they were told; `prepare` resolves when the test says. */
-function setup({ mode = 'image' as 'image' | 'text', params = (): ParamValues => ({ prompt: 'a cat' }) } = {}) {
+function setup({
+	mode = 'image' as 'image' | 'text',
+	params = (): ParamValues => ({ prompt: 'a cat' }),
+	transport = 'mjpeg' as Transport,
+	track = fakeTrack as MediaStreamTrack | null
+} = {}) {
 	const log: string[] = [];
 	const sockets: FakeSocket[] = [];
+	const links: FakeLink[] = [];
 	let ready: (ok: boolean) => void = () => {};
 	let stillWanted: () => boolean = () => true;
 	const hooks: SessionHooks = {
@@ -45,8 +73,13 @@ function setup({ mode = 'image' as 'image' | 'text', params = (): ParamValues =>
 		inputMode: () => mode,
 		params,
 		frame: async () => new Blob([new Uint8Array([0xff, 0xd8, 0xff, 0xd9])], { type: 'image/jpeg' }),
+		transport: () => transport,
+		inputTrack: () => track,
+		iceServers: () => [{ urls: 'stun:stun.test:3478' }],
 		onConnecting: (id) => log.push(`connecting ${id.length}`),
 		onLive: () => log.push('live'),
+		onOutputVideo: () => log.push('output video'),
+		onFallback: (reason) => log.push(`fallback: ${reason}`),
 		onInputSent: () => log.push('input sent'),
 		onServerError: (m) => log.push(`server error: ${m}`),
 		onEnded: (reason, message) => log.push(`ended ${reason}${message ? `: ${message}` : ''}`)
@@ -57,9 +90,14 @@ function setup({ mode = 'image' as 'image' | 'text', params = (): ParamValues =>
 			const s = new FakeSocket(url);
 			sockets.push(s);
 			return s;
+		},
+		createWebRtcLink: (options) => {
+			const link = new FakeLink(options);
+			links.push(link);
+			return link;
 		}
 	});
-	return { session, log, sockets, ready: (ok: boolean) => ready(ok), stillWanted: () => stillWanted() };
+	return { session, log, sockets, links, ready: (ok: boolean) => ready(ok), stillWanted: () => stillWanted() };
 }
 
 describe('LiveSession', () => {
@@ -154,5 +192,71 @@ describe('LiveSession', () => {
 		expect(t.sockets).toHaveLength(1);
 		t.session.toggle();
 		expect(t.session.phase).toBe('idle');
+	});
+
+	describe('over WebRTC', () => {
+		/** A WebRTC session, live; the server asked for a frame once (as it does when the peer's stream opens). */
+		async function live(o: Parameters<typeof setup>[0] = {}) {
+			const t = setup({ transport: 'webrtc', ...o });
+			void t.session.start();
+			t.ready(true);
+			await flush();
+			t.sockets[0].readyState = 1;
+			t.sockets[0].msg({ status: 'connected', stream_token: 'tok-1' });
+			t.sockets[0].msg({ status: 'send_frame' });
+			await flush();
+			return t;
+		}
+
+		it('starts the link with the stream token and the input track, and sends no frame over the websocket', async () => {
+			const t = await live();
+			expect(t.session.transport).toBe('webrtc');
+			expect(t.links).toHaveLength(1);
+			const link = t.links[0];
+			expect(link.started).toBe(true);
+			expect([link.options.userId, link.options.streamToken, link.options.track]).toEqual([t.session.userId, 'tok-1', fakeTrack]);
+			expect(link.options.iceServers).toEqual([{ urls: 'stun:stun.test:3478' }]);
+			expect(link.options.params()).toEqual({ prompt: 'a cat' });
+			expect(t.sockets[0].sent).toEqual([]);
+			link.options.onOutput(fakeStream);
+			link.options.onServerMessage('error', 'Invalid parameter');
+			expect(t.log).toEqual(['prepare', 'connecting 36', 'live', 'output video', 'server error: Invalid parameter']);
+		});
+
+		it('sends each change of the parameters on the link', async () => {
+			const t = await live();
+			t.session.paramsChanged({ prompt: 'a dog' });
+			expect(t.links[0].sent).toEqual([{ prompt: 'a dog' }]);
+			expect(t.session.lastSentParams).toEqual({ prompt: 'a dog' });
+		});
+
+		it('falls back to MJPEG when the link fails: the held frame request is answered', async () => {
+			const t = await live();
+			t.links[0].options.onFailed('no connection within 10 s');
+			await flush();
+			await flush();
+			expect(t.links[0].closed).toBe(true);
+			expect(t.session.transport).toBe('mjpeg');
+			expect(t.session.phase).toBe('live');
+			expect(t.log.slice(-2)).toEqual(['fallback: no connection within 10 s', 'input sent']);
+			expect(t.sockets[0].sent.slice(0, 2)).toEqual([JSON.stringify({ status: 'next_frame' }), JSON.stringify({ prompt: 'a cat' })]);
+			// A late word from the closed link changes nothing.
+			t.links[0].options.onOutput(fakeStream);
+			expect(t.log).not.toContain('output video');
+		});
+
+		it('falls back to MJPEG when the input has no track', async () => {
+			const t = await live({ track: null });
+			expect(t.links).toHaveLength(0);
+			expect(t.session.transport).toBe('mjpeg');
+			expect(t.log).toContain('fallback: the input gave no video track');
+		});
+
+		it('closes the link when the session ends', async () => {
+			const t = await live();
+			t.session.stop();
+			expect(t.links[0].closed).toBe(true);
+			expect(t.session.phase).toBe('idle');
+		});
 	});
 });

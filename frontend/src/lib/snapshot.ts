@@ -1,7 +1,8 @@
 /**
- * Snapshots: the output JPEG exactly as the server sent it (no re-encoding), with the prompt, the
- * seed and all parameters embedded as EXIF (ImageDescription = prompt, UserComment = JSON of all
- * parameters, Software, DateTimeOriginal) and as a JPEG comment (COM) with the same JSON.
+ * Snapshots: the output JPEG (over MJPEG exactly as the server sent it, no re-encoding; over WebRTC
+ * the shown video frame, encoded by the page), with the prompt, the seed and all parameters embedded
+ * as EXIF (ImageDescription = prompt, UserComment = JSON of all parameters, Software,
+ * DateTimeOriginal) and as a JPEG comment (COM) with the same JSON.
  */
 
 export interface SnapshotMeta {
