@@ -96,6 +96,7 @@ class Peer:
         self.stream: Stream | None = None
         self.viewing = False
         self.feeding = False
+        self.new_source = False  # the page switched input: its next frame starts the stream afresh
         self.channel: Any = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.closed = False
@@ -183,8 +184,9 @@ class Peer:
                 self._tell({"status": "error", "message": f"Frame is {video.width}x{video.height}; the limit is "
                                                           f"{self.max_frame_pixels} pixels"})
                 continue
-            self.sessions.video_frame(
-                self.session, Frame(self.session.params, None, video=video, image_prompt=self.session.image_prompt))
+            self.sessions.video_frame(self.session, Frame(
+                self.session.params, None, new_source=self.new_source, video=video, image_prompt=self.session.image_prompt))
+            self.new_source = False
 
     @staticmethod
     async def _drain(track: MediaStreamTrack) -> None:
@@ -195,7 +197,9 @@ class Peer:
                 return
 
     def _on_message(self, message: str | bytes) -> None:
-        """A parameter message, as the websocket's: a JSON object of parameters."""
+        """A parameter message, as the websocket's: a JSON object of parameters; or
+        {"status": "new_source"}: the page switched input (camera, screen, file), as the websocket's
+        `next_frame` says with `new_source`."""
         if not isinstance(message, str):
             self._tell({"status": "error", "message": "Expected a JSON text message; got binary data"})
             return
@@ -203,6 +207,11 @@ class Peer:
             values = parse_json(message)
             if not isinstance(values, dict):
                 raise ValueError("Parameters must be a JSON object")
+            if "status" in values:
+                if values != {"status": "new_source"}:
+                    raise ValueError(f"Unknown status {str(values['status'])[:64]!r}: the channel takes parameters, or new_source")
+                self.new_source = True
+                return
             params = self.params_type.model_validate({**self.session.params.model_dump(), **values})
         except ValidationError as error:
             self._tell({"status": "error", "message": describe_validation_error(error)})

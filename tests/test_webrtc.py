@@ -141,7 +141,9 @@ def test_bad_parameters_on_the_data_channel_get_an_error_and_change_nothing(serv
             await peer.opened()
             peer.channel.send(json.dumps({"width": 256, "height": 256}))
             await peer.frames(1)
+            peer.channel.send(json.dumps({"status": "new_source"}))  # the page switched input: no error
             for message, expected in [("{oops", "not valid JSON"), ("[1, 2]", "JSON object"),
+                                      (json.dumps({"status": "other"}), "Unknown status"),
                                       (json.dumps({"width": 99999}), "width"), (json.dumps({"nope": 1}), "Unknown parameter")]:
                 peer.channel.send(message)
                 error = await asyncio.wait_for(peer.messages.get(), 30)

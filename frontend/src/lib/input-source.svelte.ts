@@ -41,7 +41,7 @@ function fileType(f: File): 'video' | 'image' | null {
 export class InputSource {
 	kind = $state<SourceKind>('camera');
 	/** Changes whenever another camera, screen or file is opened: the server starts its stream memory afresh. */
-	sourceId = 0;
+	sourceId = $state(0);
 	cam = $state<CameraPrefs>({ deviceId: '', facingMode: '', resolution: '' });
 	flipH = $state(false);
 	flipV = $state(false);

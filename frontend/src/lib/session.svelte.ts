@@ -139,6 +139,11 @@ export class LiveSession {
 		if (this.phase === 'live') this.#client?.sendImagePrompt(jpeg);
 	}
 
+	/** The input switched: over WebRTC the server hears it now (over MJPEG with the next frame). */
+	sourceChanged(): void {
+		this.#link?.sendNewSource();
+	}
+
 	/** The parameters changed: over WebRTC they go now (over MJPEG with the next frame). */
 	paramsChanged(values: ParamValues): void {
 		if (!this.#link) return;

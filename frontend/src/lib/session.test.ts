@@ -44,6 +44,10 @@ class FakeLink implements WebRtcLinkLike {
 	sendParams(values: ParamValues) {
 		this.sent.push(values);
 	}
+	newSources = 0;
+	sendNewSource() {
+		this.newSources += 1;
+	}
 	close() {
 		this.closed = true;
 	}
@@ -228,6 +232,12 @@ describe('LiveSession', () => {
 			t.session.paramsChanged({ prompt: 'a dog' });
 			expect(t.links[0].sent).toEqual([{ prompt: 'a dog' }]);
 			expect(t.session.lastSentParams).toEqual({ prompt: 'a dog' });
+		});
+
+		it('says on the link when the input switches', async () => {
+			const t = await live();
+			t.session.sourceChanged();
+			expect(t.links[0].newSources).toBe(1);
 		});
 
 		it('falls back to MJPEG when the link fails: the held frame request is answered', async () => {

@@ -41,6 +41,8 @@ export interface WebRtcLinkLike {
 	start(): void;
 	/** Sends the values unless they are the ones sent last; nothing before the channel opens. */
 	sendParams(values: ParamValues): void;
+	/** The input switched (camera, screen, file): the server starts the stream afresh. */
+	sendNewSource(): void;
 	close(): void;
 }
 
@@ -89,6 +91,10 @@ export class WebRtcLink implements WebRtcLinkLike {
 		if (this.#channel?.readyState !== 'open' || json === this.#lastSentJson) return;
 		this.#channel.send(json);
 		this.#lastSentJson = json;
+	}
+
+	sendNewSource(): void {
+		if (this.#channel?.readyState === 'open') this.#channel.send(JSON.stringify({ status: 'new_source' }));
 	}
 
 	close(): void {
