@@ -160,6 +160,14 @@ class Config(BaseSettings):
         0, ge=0, le=65535, description="UDP port where OSC steers the sessions' parameters (/live/<param> VALUE), on --host; 0: off"
     )
 
+    session: list[str] = Field(
+        [], description="A session with no page, started at launch, its camera an NDI source: ndi:NAME (repeatable). "
+        "Its output goes where --ndi and --syphon send every session's; steer it with --osc-port",
+    )
+    session_params: str = Field(
+        "", description="JSON object of the parameters --session sessions start with; empty: the pipeline's defaults"
+    )
+
     # WebRTC (server/webrtc.py)
     ice_servers: list[str] = Field(
         [],
@@ -189,6 +197,14 @@ class Config(BaseSettings):
         for host in self.allowed_hosts:
             if not host or any(c in host for c in "/:@ ") and not host.startswith("["):
                 raise ValueError(f"--allowed-hosts: {host!r} is not a host name such as live.example.com, '*.example.com' or '*'")
+        return self
+
+    @model_validator(mode="after")
+    def _sessions_are_inputs(self) -> Config:
+        for spec in self.session:
+            kind, _, name = spec.partition(":")
+            if kind != "ndi" or not name.strip():
+                raise ValueError(f"--session: {spec!r} is not ndi:NAME (an NDI source, as OBS's NDI plugin names it)")
         return self
 
     @model_validator(mode="after")

@@ -5,7 +5,7 @@ typed answer comes from the single server and from the scale-out gateway (which 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -53,6 +53,9 @@ class HealthResponse(BaseModel):
     temporal_memory_mb: float = Field(0.0, description="What the sessions' temporal-consistency memories hold")
     temporal_memory_budget_mb: float = Field(0.0, description="What they may hold together (--temporal-memory-mb)")
     worker: WorkerHealth | None = Field(description="The inference thread; null while starting (and behind the gateway)")
+    headless: list[dict[str, Any]] = Field(
+        [], description="--session sessions (no page): session, input, input_connected, frames_in"
+    )
     replicas: list[ReplicaHealth] | None = Field(None, description="Scale-out only: each engine replica")
 
     @property
@@ -93,4 +96,5 @@ def health_of(live: LiveServer) -> HealthResponse:
         temporal_memory_mb=round(worker.memories.held / 2**20, 3) if worker and worker.memories else 0.0,
         temporal_memory_budget_mb=round(live.loaded.temporal_budget / 2**20, 3),
         worker=WorkerHealth(**asdict(state), frame_deadline_s=live.config.frame_deadline) if state else None,
+        headless=[h.health() for h in live.headless],
     )

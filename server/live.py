@@ -24,6 +24,7 @@ from server.sessions import Session, SessionManager
 from server.worker import SimilarityFilter, Worker
 
 if TYPE_CHECKING:
+    from server.headless import HeadlessSession
     from server.osc import OscReceiver
     from server.webrtc import Peer, Role
 
@@ -78,6 +79,7 @@ class LiveServer:
     conversations: set[asyncio.Task[Any]] = field(default_factory=set)  # websocket conversations running
     peers: dict[str, Peer] = field(default_factory=dict)  # the WebRTC connections (server/webrtc.py), by id
     osc: OscReceiver | None = None  # the OSC endpoint (server/osc.py), with --osc-port
+    headless: list[HeadlessSession] = field(default_factory=list)  # --session: sessions with no page
 
     @classmethod
     def build(cls, config: Config, loaded: LoadedPipeline) -> LiveServer:
@@ -135,9 +137,16 @@ class LiveServer:
             from server import osc
 
             osc_endpoint, self.osc = await osc.listen(config.host, config.osc_port, self.sessions, self.loaded.pipeline.InputParams)
+        if config.session:
+            from server import headless
+
+            params = self.loaded.pipeline.InputParams.model_validate_json(config.session_params or "{}")
+            self.headless = [headless.start(spec, params, self.sessions, config.max_frame_pixels) for spec in config.session]
         yield
         if osc_endpoint is not None:
             osc_endpoint.close()
+        if self.headless:
+            await asyncio.gather(*(headless.stop(h, self.sessions) for h in self.headless))
         self._end_all()
         await asyncio.gather(*(peer.close() for peer in list(self.peers.values())))
         self.worker.stop()

@@ -5,7 +5,8 @@ watch it; neither is written to the log, whoever writes the line (this code, uvi
 a traceback). Every line is redacted as it is formatted: a user id, in every spelling the server
 accepts (`sessions.canonical_user_id`: dashes anywhere or none, braces, `urn:uuid:`, any case),
 shows the first 8 hex digits of its canonical spelling; every path segment after /api/ws/,
-/api/stream/, /api/viewer-token/ and /api/view/ shows its first 8 characters. Percent-encodings are
+/api/stream/, /api/viewer-token/, /api/view/, /api/webrtc/, /api/whip/ and /api/whep/ shows its first 8
+characters. Percent-encodings are
 decoded first (the server decodes them before it reads an id, so any character of an id may come
 encoded in a path or a query string).
 """
@@ -21,7 +22,7 @@ SHOWN = 8  # characters of an id or token a log line keeps: enough to tell sessi
 # 32 hex digits with dashes anywhere between them, and no hex digit right before or after: every
 # spelling of a UUID the server accepts.
 _UUID = re.compile(r"(?i)(?<![0-9a-f])((?:[0-9a-f]-*){31}[0-9a-f])(?![0-9a-f])")
-_SECRET_PATH = re.compile(r"(/api/(?:ws|stream|viewer-token|view)/)([^/\s\"'?#]{1,%d})[^/\s\"'?#]*" % SHOWN)
+_SECRET_PATH = re.compile(r"(/api/(?:ws|stream|viewer-token|view|webrtc|whip|whep)/)([^/\s\"'?#]{1,%d})[^/\s\"'?#]*" % SHOWN)
 
 
 def _shown(match: re.Match[str]) -> str:

@@ -50,10 +50,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", error)
         return 2
     try:  # before Ray starts or any model loads
-        pipelines.load_module(config.pipeline, config.set_up_choices())
+        module = pipelines.load_module(config.pipeline, config.set_up_choices())
     except (pipelines.UnknownPipeline, pipelines.SetUpError) as error:  # the command line asked for what cannot be
         log.error("%s", error)
         return 2
+    if config.session:
+        from server.outputs import ndi
+        from server.protocol import describe_validation_error
+
+        try:
+            module.InputParams.model_validate_json(config.session_params or "{}")
+            ndi.check()  # the NDI runtime, for the sessions' input
+        except ValidationError as error:
+            log.error("--session-params: %s", describe_validation_error(error))
+            return 2
+        except outputs.OutputUnavailable as error:
+            log.error("--session needs NDI: %s", error)
+            return 2
     from server import engine
 
     engine.keep_freed_memory()
