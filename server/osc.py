@@ -7,6 +7,8 @@ parameters, as performers drive their other tools.
     /live/<session>/<param> VALUE    one session: the first 8 characters of its user id (what the logs show)
     /live/params                     the reply, to the sender: one /live/param message per parameter
                                      (name, type, default, min, max; min and max empty where none)
+    /live/preset N                   recall preset N (1-9) of every streaming session (its page's presets)
+    /live/<session>/preset N         of one session
 
 A value is checked as the websocket checks it (the pipeline's parameter model, merged into the
 session's parameters): out of range, of the wrong type or for no such parameter, it is refused with a
@@ -94,15 +96,19 @@ class OscReceiver(asyncio.DatagramProtocol):
             self._describe(sender)
         elif len(args) != 1:
             self._refuse(sender, f"{address[:80]} takes one value, got {len(args)}")
-        elif len(parts) == 2:
-            self._set([s for s in self.sessions.all() if s.streaming], parts[1], args[0], sender)
         else:
-            prefix = parts[1].lower()
-            targets = [s for s in self.sessions.all() if len(prefix) == SESSION_PREFIX_CHARS and s.id.startswith(prefix)]
-            if not targets:
-                self._refuse(sender, f"no session {parts[1][:16]!r} (the first {SESSION_PREFIX_CHARS} characters of a user id)")
+            if len(parts) == 2:
+                targets = [s for s in self.sessions.all() if s.streaming]
             else:
-                self._set(targets, parts[2], args[0], sender)
+                prefix = parts[1].lower()
+                targets = [s for s in self.sessions.all() if len(prefix) == SESSION_PREFIX_CHARS and s.id.startswith(prefix)]
+                if not targets:
+                    self._refuse(sender, f"no session {parts[1][:16]!r} (the first {SESSION_PREFIX_CHARS} characters of a user id)")
+                    return
+            if parts[-1] == "preset":
+                self._recall(targets, args[0], sender)
+            else:
+                self._set(targets, parts[-1], args[0], sender)
 
     def _set(self, targets: list[Session], name: str, value: Any, sender: tuple[str, int]) -> None:
         if name not in self.params_type.model_fields:
@@ -114,7 +120,26 @@ class OscReceiver(asyncio.DatagramProtocol):
             except ValidationError as error:
                 self._refuse(sender, describe_validation_error(error))
                 return  # the same value fails the same way for every session
-            self.sessions.params_changed(session, params)
+            self.sessions.params_changed(session, params, tell_client=True)
+            self.changes += 1
+
+    def _recall(self, targets: list[Session], slot: Any, sender: tuple[str, int]) -> None:
+        if isinstance(slot, float) and slot.is_integer():
+            slot = int(slot)  # TouchDesigner and Resolume send numbers as floats
+        if not isinstance(slot, int) or isinstance(slot, bool) or not 1 <= slot <= 9:
+            self._refuse(sender, f"{PREFIX}/preset takes a slot from 1 to 9, got {str(slot)[:20]!r}")
+            return
+        for session in targets:
+            if len(session.presets) < slot:
+                self._refuse(sender, f"session {session.short_id} has no preset {slot}")
+                continue
+            preset = session.presets[slot - 1]
+            try:
+                params = self.params_type.model_validate({**session.params.model_dump(), **preset.params})
+            except ValidationError as error:  # checked when kept; a pipeline's rule across values may still refuse
+                self._refuse(sender, f"preset {slot} of session {session.short_id}: {describe_validation_error(error)}")
+                continue
+            self.sessions.params_changed(session, params, tell_client=True)
             self.changes += 1
 
     def _describe(self, sender: tuple[str, int]) -> None:

@@ -5,7 +5,10 @@ Client -> server, in reply to send_frame: {"status": "next_frame"}, then the par
 object, then (image pipelines) one binary JPEG; an empty binary message means "no frame yet".
 At any other time, where the pipeline takes one (an IP-Adapter set-up): {"status": "image_prompt"}
 then one binary JPEG, the image prompt sent with each of this client's frames from then on (checked
-as a frame is; answered with an info message), or {"status": "image_prompt", "clear": true}.
+as a frame is; answered with an info message), or {"status": "image_prompt", "clear": true}. And
+{"status": "presets", "presets": [{"name", "params"}, ...]}: the page's presets, which OSC's
+/live/preset N recalls; the server tells the client of parameters changed from elsewhere with
+{"status": "params", "params": {...}}.
 
 Every bad message gets {"status": "error", "message": ...} naming the problem, and the conversation
 goes on: the client is asked for a new frame. Only this client is affected. Only a frame (text
@@ -32,11 +35,13 @@ from pipelines import ParamsModel
 from server.config import Config
 from server.frames import Frame
 from server.imaging import FrameError, check_jpeg
-from server.sessions import AlreadyConnected, ServerFull, Session, SessionManager, canonical_user_id
+from server.sessions import AlreadyConnected, Preset, ServerFull, Session, SessionManager, canonical_user_id
 
 log = logging.getLogger(__name__)
 
 MAX_TEXT_MESSAGE_CHARS = 65_536
+MAX_PRESETS = 9  # slots 1 to 9: keys 1-9 on the page, /live/preset N over OSC
+MAX_PRESET_NAME_CHARS = 64
 MAX_ERRORS_IN_A_ROW = 100  # bad messages without a good one between them: the client is broken or hostile
 
 Expecting = Literal["status", "params", "image", "skip_image", "image_prompt"]
@@ -95,6 +100,8 @@ class Conversation:
         self.config = config
         self.expecting: Expecting = "status"
         self.params: ParamsModel | None = None  # validated, waiting for its image
+        self._params_base: ParamsModel | None = None  # the session's parameters they were merged into
+        self._changed: dict[str, Any] = {}  # what the page changed in them
         self.new_source = False  # the client's next frame comes from another input (next_frame's new_source)
         self.takes_image_prompt = takes_image_prompt
         self.errors_in_a_row = 0
@@ -249,10 +256,13 @@ class Conversation:
             self.new_source = self.new_source or message.get("new_source") is True
         elif message["status"] == "image_prompt":
             self._on_image_prompt_announced(session, message)
+        elif message["status"] == "presets":
+            self._on_presets(session, message)
         else:
             self._refuse(session, f"Unknown status {str(message['status'])[:64]!r}")
 
     def _on_params(self, session: Session, text: str) -> None:
+        changed: dict[str, Any] = {}
         if text == self._last_params_text and session.params is self._last_params:
             params = self._last_params  # the same message on the same parameters: the same result
         else:
@@ -276,12 +286,36 @@ class Conversation:
             self._last_params_text, self._last_params = text, params
         self.errors_in_a_row = 0
         if self.input_mode == "image":
-            self.params = params
+            self.params, self._params_base, self._changed = params, session.params, changed
             self.expecting = "image"
         else:
             self.expecting = "status"
             self.sessions.activity(session)  # a text pipeline's page says it is there by its parameters
             self.sessions.frame_accepted(session, Frame(params, None))
+
+    def _on_presets(self, session: Session, message: dict[str, Any]) -> None:
+        """The page's presets (slots 1 to MAX_PRESETS), for OSC's /live/preset: each checked against
+        the session's parameters, all kept or none."""
+        presets = message.get("presets")
+        if not isinstance(presets, list) or len(presets) > MAX_PRESETS:
+            self._refuse(session, f"Presets: expected a list of at most {MAX_PRESETS}")
+            return
+        kept = []
+        for slot, preset in enumerate(presets, 1):
+            name = preset.get("name") if isinstance(preset, dict) else None
+            values = preset.get("params") if isinstance(preset, dict) else None
+            if not isinstance(name, str) or len(name) > MAX_PRESET_NAME_CHARS or not isinstance(values, dict):
+                self._refuse(session, f'Preset {slot}: expected {{"name": text of at most {MAX_PRESET_NAME_CHARS} '
+                                      'characters, "params": {...}}')
+                return
+            try:
+                self.params_type.model_validate({**session.params.model_dump(), **values})
+            except ValidationError as error:
+                self._refuse(session, f"Preset {slot} ({name[:64]}): {describe_validation_error(error)}")
+                return
+            kept.append(Preset(name, values))
+        self.errors_in_a_row = 0
+        self.sessions.presets_set(session, kept)
 
     def _on_image_prompt_announced(self, session: Session, message: dict[str, Any]) -> None:
         if not self.takes_image_prompt:
@@ -316,6 +350,11 @@ class Conversation:
             self._refuse(session, "Expected a JSON text message; got binary data")
             return
         params, self.params = self.params, None
+        if session.params is not self._params_base:  # changed elsewhere (OSC) since the parameters came: keep that
+            try:
+                params = self.params_type.model_validate({**session.params.model_dump(), **self._changed})
+            except ValidationError:  # the page's changes no longer fit the new values: the session's stand
+                params = session.params
         if not data:  # the client has no frame yet: not activity (a page left open with no camera times out)
             self.sessions.no_frame_yet(session)
             return

@@ -52,6 +52,17 @@ TEXT_POLL_S = 0.2  # text pipelines, parameters unchanged: how soon to ask the c
 _USER_ID = re.compile(r"(?i)(?:urn:uuid:)?(\{)?([0-9a-f-]+)(?(1)\})")
 
 
+PARAMS_NEWS_S = 0.05  # parameters changed from elsewhere (OSC) reach the client at most this often
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A page's preset: a name and the parameter values it sets (checked when kept and when recalled)."""
+
+    name: str
+    params: dict[str, Any]
+
+
 class ServerFull(Exception):
     pass
 
@@ -126,6 +137,9 @@ class Session:
         self.retry: asyncio.TimerHandle | None = None  # the one timer asking the client again
         self.damaged_frames_in_a_row = 0
         self.image_prompt: bytes | None = None  # the client's image prompt (a JPEG), sent with each of its frames
+        self.presets: list[Preset] = []  # the page's, slot n at n - 1 (OSC's /live/preset n)
+        self.params_news: dict[str, Any] = {}  # values changed from elsewhere, not yet told to the client
+        self.params_news_timer: asyncio.TimerHandle | None = None
         self.outputs = outputs  # NDI, Syphon: started with the first stream, stopped at the end
         self.outputs_started = False
 
@@ -255,8 +269,9 @@ class SessionManager:
             if session in self._turns:
                 self._turns.remove(session)
             self._cond.notify_all()
-        if session.retry is not None:
-            session.retry.cancel()
+        for timer in (session.retry, session.params_news_timer):
+            if timer is not None:
+                timer.cancel()
         session.ended.set()
         for output in session.outputs:
             output.stop()
@@ -347,12 +362,26 @@ class SessionManager:
         """The client's image prompt (checked already), or None: the camera frame is the image prompt."""
         session.image_prompt = jpeg
 
-    def params_changed(self, session: Session, params: ParamsModel) -> None:
-        """New parameters without a frame (a WebRTC data channel, OSC): the next frames are drawn with them."""
-        if log.isEnabledFor(logging.DEBUG):
-            changed = {name: value for name, value in params.model_dump().items() if getattr(session.params, name) != value}
-            log.debug("session %s: params changed: %s", session.short_id, _short(changed))
+    def presets_set(self, session: Session, presets: list[Preset]) -> None:
+        session.presets = presets
+
+    def params_changed(self, session: Session, params: ParamsModel, *, tell_client: bool = False) -> None:
+        """New parameters without a frame (a WebRTC data channel, OSC): the next frames are drawn with them.
+        `tell_client` (a change from elsewhere than the client): the client hears the changed values in
+        a {"status": "params"} message, at most one every PARAMS_NEWS_S, so its controls show them."""
+        changed = {name: value for name, value in params.model_dump().items() if getattr(session.params, name) != value}
+        log.debug("session %s: params changed: %s", session.short_id, _short(changed))
         session.params = params
+        if tell_client and changed and not session.closed:
+            session.params_news.update(changed)
+            if session.params_news_timer is None:
+                session.params_news_timer = asyncio.get_running_loop().call_later(
+                    PARAMS_NEWS_S, self._tell_params_news, session)
+
+    def _tell_params_news(self, session: Session) -> None:
+        news, session.params_news, session.params_news_timer = session.params_news, {}, None
+        if news and not session.closed:
+            self.send(session, {"status": "params", "params": news})
 
     def frame_refused(self, session: Session, problem: str) -> None:
         """A bad message or frame: the client hears why, and is asked for a new frame."""

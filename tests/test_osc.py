@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import socket
 import time
 
@@ -48,14 +49,17 @@ def brightness(jpeg: bytes) -> float:
 class User:
     """A page streaming a white camera (the echo model shows it white, or black when inverted)."""
 
-    def __init__(self, server) -> None:
+    def __init__(self, server, first: list[dict] = ()) -> None:
         self.client = Client(server)
         self.server = server
+        self.first = first  # messages sent before the frames start (none may come between a frame's three)
 
     async def __aenter__(self) -> User:
         buffer = io.BytesIO()
         WHITE.save(buffer, "JPEG")
         await self.client.connect()
+        for message in self.first:
+            await self.client.ws.send(json.dumps(message))
         self.http = httpx.AsyncClient(timeout=30)
         self.stream = mjpeg_frames(self.server, self.client.user_id, self.http)
         self.pump = asyncio.create_task(self.client.pump(PAGE, jpeg=buffer.getvalue()))
@@ -73,6 +77,21 @@ class User:
             if (brightness(frame) < 128) == inverted:
                 return
         raise AssertionError(f"no {'inverted' if inverted else 'plain'} frame in {within}")
+
+
+async def sending_until(user: User, inverted: bool, send) -> None:
+    """Send again and again, as a fader does, until the output shows it: past a flood's second."""
+
+    async def keep_sending() -> None:
+        while True:
+            send()
+            await asyncio.sleep(0.25)
+
+    sending = asyncio.create_task(keep_sending())
+    try:
+        await user.shows(inverted=inverted, within=3000)  # frames come fast: seconds, not frames, count here
+    finally:
+        sending.cancel()
 
 
 def test_osc_changes_every_streaming_session_or_one(server):
@@ -146,17 +165,8 @@ def test_a_flood_of_packets_leaves_the_server_serving(server):
             for _ in range(20_000):
                 flood.sendto(packet, ("127.0.0.1", server.osc_port))
 
-            async def keep_asking() -> None:  # as a fader sends: again and again, once the flood's second is over
-                osc = SimpleUDPClient("127.0.0.1", server.osc_port)
-                while True:
-                    osc.send_message(f"/live/{user.client.user_id[:8]}/invert", True)
-                    await asyncio.sleep(0.25)
-
-            asking = asyncio.create_task(keep_asking())
-            try:
-                await user.shows(inverted=True, within=200)
-            finally:
-                asking.cancel()
+            osc = SimpleUDPClient("127.0.0.1", server.osc_port)
+            await sending_until(user, inverted=True, send=lambda: osc.send_message(f"/live/{user.client.user_id[:8]}/invert", True))
             assert server.health()["status"] == "ok"
             return time.monotonic() - started
 
@@ -164,3 +174,40 @@ def test_a_flood_of_packets_leaves_the_server_serving(server):
     flood.close()
     seconds = int(took) + 2  # whole seconds the flood may have touched
     assert server.log.count("unknown parameter 'nope'") <= MAX_LOG_LINES_PER_S * seconds  # not one a packet
+
+
+def test_a_preset_of_the_page_is_recalled_over_osc_and_the_page_hears_of_it(server):
+    osc = SimpleUDPClient("127.0.0.1", server.osc_port)
+
+    presets = [
+        {"status": "presets", "presets": [{"name": "x" * 65, "params": {}}]},
+        {"status": "presets", "presets": [{"name": "dark", "params": {"invert": True}}] * 10},
+        {"status": "presets", "presets": [{"name": "huge", "params": {"width": 9999}}]},
+        {"status": "presets", "presets": [{"name": "plain", "params": {"invert": False}},
+                                          {"name": "dark", "params": {"invert": True}}]},
+    ]
+
+    async def scenario():
+        async with User(server, first=presets) as user:
+            await user.shows(inverted=False)
+            await sending_until(user, inverted=True, send=lambda: osc.send_message(f"/live/{user.client.user_id[:8]}/preset", 2))
+            news = {"status": "params", "params": {"invert": True}}  # the page hears of it (the pump keeps messages)
+            for _ in range(3000):
+                if news in user.client.messages:
+                    break
+                await asyncio.wait_for(anext(user.stream), 30)  # frames go on meanwhile
+            assert news in user.client.messages
+            errors = [m["message"] for m in user.client.messages if m["status"] == "error"]
+            assert errors[0].startswith("Preset 1: expected") and "at most 9" in errors[1]
+            assert errors[2].startswith("Preset 1 (huge): Invalid parameter 'width'")
+            missing = f"session {user.client.user_id[:8]} has no preset 7"
+            for _ in range(30):  # again until logged: refusals are logged a few a second, the flood's may use this one's
+                osc.send_message(f"/live/{user.client.user_id[:8]}/preset", 7)
+                if missing in server.log:
+                    break
+                await asyncio.sleep(0.2)
+            assert missing in server.log
+            # As faders send numbers, and again and again (a packet may fall in the flood test's last second).
+            await sending_until(user, inverted=False, send=lambda: osc.send_message("/live/preset", 1.0))
+
+    asyncio.run(scenario())
