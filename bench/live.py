@@ -10,6 +10,7 @@ The benchmarks and the tests import this module; it imports neither.
 from __future__ import annotations
 
 import asyncio
+import socket
 import json
 import os
 import re
@@ -216,6 +217,13 @@ def camera_pixels(seed: int = 0, width: int = 320, height: int = 240, noise: flo
     y, x = np.mgrid[0:height, 0:width]
     base = np.stack([x * 255 / width, y * 255 / height, np.full_like(x, (seed * 37) % 255)], axis=-1)
     return np.clip(base + rng.normal(0, noise, base.shape), 0, 255).astype(np.uint8)
+
+
+def free_udp_port() -> int:
+    """A UDP port nothing listens on at the moment (for --osc-port: the server cannot say which it took)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def camera_jpeg(seed: int = 0, width: int = 320, height: int = 240, quality: int = 85, noise: float = 20.0) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import re
-import socket
 import threading
 import uuid
 
@@ -21,7 +20,7 @@ import pytest
 from PIL import Image
 from pythonosc.udp_client import SimpleUDPClient
 
-from bench.live import mjpeg_frames, run_server
+from bench.live import free_udp_port, mjpeg_frames, run_server
 
 SOURCE = f"LD camera {uuid.uuid4().hex[:6]}"
 
@@ -47,12 +46,6 @@ class Sender:
         self.stopped.set()
         self.thread.join(5)
         ndi.send_destroy(self.sender)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def brightness(jpeg: bytes) -> float:

@@ -19,19 +19,13 @@ from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket
 from pythonosc.udp_client import SimpleUDPClient
 
-from bench.live import Client, mjpeg_frames, run_server
+from bench.live import Client, free_udp_port, mjpeg_frames, run_server
 from server.osc import MAX_LOG_LINES_PER_S
 
 ECHO = ("--pipeline", "bench.echo_pipeline")
 WHITE = Image.new("RGB", (256, 256), (240, 240, 240))
 # What the page sends with every frame: invert included, unchanged, so OSC's change must survive it.
 PAGE = {"width": 256, "height": 256, "invert": False}
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
