@@ -130,10 +130,10 @@ class OscReceiver(asyncio.DatagramProtocol):
             self._refuse(sender, f"{PREFIX}/preset takes a slot from 1 to 9, got {str(slot)[:20]!r}")
             return
         for session in targets:
-            if len(session.presets) < slot:
+            preset = session.presets[slot - 1] if len(session.presets) >= slot else None
+            if preset is None or not preset.params:  # the page sends an empty slot as a preset without values
                 self._refuse(sender, f"session {session.short_id} has no preset {slot}")
                 continue
-            preset = session.presets[slot - 1]
             try:
                 params = self.params_type.model_validate({**session.params.model_dump(), **preset.params})
             except ValidationError as error:  # checked when kept; a pipeline's rule across values may still refuse

@@ -189,6 +189,23 @@ const RECORDER = `
 })();
 `;
 
+// A MIDI controller for the page: navigator.requestMIDIAccess answers with one input (as Chromium's:
+// it stays in the map when unplugged), which the test plays through window.__midi.
+const FAKE_MIDI = `
+(() => {
+	const input = { id: 'fake-1', name: 'Fake MIDI Controller', manufacturer: 'e2e', type: 'input', state: 'connected', connection: 'closed', onmidimessage: null };
+	const access = { inputs: new Map([[input.id, input]]), outputs: new Map(), sysexEnabled: false, onstatechange: null };
+	Object.defineProperty(navigator, 'requestMIDIAccess', { configurable: true, value: async () => access });
+	window.__midi = {
+		send: (...bytes) => input.onmidimessage?.({ data: new Uint8Array(bytes) }),
+		unplug: () => {
+			input.state = 'disconnected';
+			access.onstatechange?.({ port: input });
+		}
+	};
+})();
+`;
+
 async function open(page, url) {
 	await page.goto(url);
 	await page.waitForSelector('[data-param]', { timeout: 30_000 });
@@ -654,6 +671,70 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		assert.equal(Number(await page.locator('#param-strength').inputValue()), props.strength.default);
 	});
 
+	it('MIDI learn: a knob moves a slider and the server gets it; a preset comes back on key 1; values the server sends (OSC) show; an unplugged device only says so', async () => {
+		const page = await suite.newPage();
+		await page.addInitScript(FAKE_MIDI);
+		// The conversation as it goes, the presets the page sends kept; `toPage` speaks as the server.
+		const presetsSent = [];
+		let toPage;
+		await page.routeWebSocket(/\/api\/ws\//, (ws) => {
+			const upstream = ws.connectToServer();
+			toPage = (message) => ws.send(JSON.stringify(message));
+			ws.onMessage((m) => {
+				if (typeof m === 'string' && m.includes('"status":"presets"')) presetsSent.push(JSON.parse(m));
+				upstream.send(m);
+			});
+			upstream.onMessage((m) => ws.send(m));
+		});
+		await open(page, `${server.url}/?transport=mjpeg`); // MJPEG: the server logs the parameters that come with frames
+		await page.getByRole('button', { name: 'Connect MIDI' }).click();
+		await waitFor(async () => /Fake MIDI Controller/.test(await page.locator('[data-testid=midi-devices]').innerText()), { what: 'the device listed' });
+		await startSession(page);
+
+		// Learn: pick the Strength slider, turn a knob (CC 21).
+		await page.getByRole('button', { name: 'Learn', exact: true }).click();
+		const learnStrength = page.getByRole('button', { name: 'MIDI learn: Strength' });
+		await learnStrength.click();
+		await page.screenshot({ path: artifact('13-midi-learn.png'), fullPage: true });
+		await page.evaluate(() => window.__midi.send(0xb0, 21, 5));
+		await waitFor(async () => (await learnStrength.innerText()) === 'CC 21 · ch 1', { what: 'the knob shown on the slider' });
+		await page.getByRole('button', { name: 'Done learning' }).click();
+		let mark = server.mark();
+		await page.evaluate(() => window.__midi.send(0xb0, 21, 32)); // 0.1 + 32/127 * 0.9 = 0.327: 0.33 on the step
+		await waitFor(async () => (await page.locator('#param-strength').inputValue()) === '0.33', { what: 'strength 0.33 from the knob' });
+		await server.waitForLog(/params changed: .*strength='0\.33'/, { from: mark });
+
+		// A preset of these values in slot 1 goes to the session; the knob moves on; key 1 brings it back.
+		await page.getByRole('textbox', { name: 'Preset name' }).fill('Soft');
+		await page.getByRole('button', { name: 'Save', exact: true }).click();
+		await waitFor(() => presetsSent.length > 0, { what: 'the presets sent to the session' });
+		assert.deepEqual(presetsSent.at(-1).presets.map((p) => [p.name, p.params.strength]), [['Soft', 0.33]]);
+		mark = server.mark();
+		await page.evaluate(() => window.__midi.send(0xb0, 21, 127));
+		await server.waitForLog(/params changed: .*strength='1\.0'/, { from: mark });
+		mark = server.mark();
+		await page.locator('header h1').click(); // focus outside any field
+		await page.keyboard.press('1');
+		await waitFor(async () => (await page.locator('#param-strength').inputValue()) === '0.33', { what: 'preset 1 recalled' });
+		await server.waitForLog(/params changed: .*strength='0\.33'/, { from: mark });
+		assert.doesNotMatch(await noticeText(page), /Server error/, 'the server kept the presets');
+
+		// The server says the session's values changed elsewhere (OSC): the controls show them, and keep them.
+		mark = server.mark();
+		toPage({ status: 'params', params: { strength: 0.61 } });
+		await waitFor(async () => (await page.locator('#param-strength').inputValue()) === '0.61', { what: 'strength 0.61 from the server' });
+		await server.waitForLog(/params changed: .*strength='0\.61'/, { from: mark }); // (from the page here: the server did not have it)
+
+		// The controller unplugged: a notice naming it; the session, the values and the mapping stay.
+		await page.evaluate(() => window.__midi.unplug());
+		await waitForNotice(page, /MIDI device unplugged: Fake MIDI Controller/);
+		assert.match(await page.locator('[data-testid=midi-devices]').innerText(), /Fake MIDI Controller \(unplugged\)/);
+		assert.equal(await page.locator('#param-strength').inputValue(), '0.61');
+		assert.match(await page.locator('[data-testid=midi-panel]').innerText(), /1 mapped/);
+		await waitForMoreFrames(page);
+		assert.equal(await debug(page, 'state()'), 'live');
+	});
+
 	it('space starts and stops; the Fullscreen button and F enter fullscreen, F leaves it', async () => {
 		const page = await livePage();
 		// The output pane is the fullscreen element, and the page knows it (its fullscreen look).
@@ -919,6 +1000,7 @@ describe('live page against the real server', { timeout: 900_000 }, () => {
 		const p = await suite.newPage(lan);
 		await open(p, `http://live-diffusion.test:${server.port}/`);
 		await waitForNotice(p, /not on a secure origin/);
+		assert.match(await p.locator('[data-testid=midi-unavailable]').innerText(), /Web MIDI is not available/, 'no Web MIDI off a secure origin, and the page says so');
 		assert.match(await noticeText(p), /--self-signed/);
 		assert.match(await noticeText(p), /--ssl-certfile/);
 		await startButton(p).click();

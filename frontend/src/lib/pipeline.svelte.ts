@@ -100,6 +100,11 @@ export class Pipeline {
 		this.values = defaultValues(this.widgets);
 	}
 
+	/** Values set from elsewhere (a preset, the server): each checked against its control; the others stay. */
+	setValues(changed: Record<string, unknown>): void {
+		this.values = mergeValues(this.widgets, { ...$state.snapshot(this.values), ...changed });
+	}
+
 	/**
 	 * Stores the values and updates the copy to send. Run in an effect: it reads every value, so it
 	 * runs again on each change.

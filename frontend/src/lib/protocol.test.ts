@@ -184,6 +184,37 @@ describe('LiveClient', () => {
 		expect(t.client.sendImagePrompt(jpeg)).toBe(false);
 	});
 
+	it('sends the presets as one status message; nothing before the session is up or after it', () => {
+		const presets = [
+			{ name: 'Soft', params: { prompt: 'a cat', steps: 2 } },
+			{ name: '', params: {} }
+		];
+		t.client.connect();
+		expect(t.client.sendPresets(presets)).toBe(false);
+		accept(t);
+		expect(t.client.sendPresets(presets)).toBe(true);
+		expect(t.client.sendPresets([])).toBe(true);
+		expect(t.sock.sent.map((m) => JSON.parse(m as string))).toEqual([
+			{ status: 'presets', presets },
+			{ status: 'presets', presets: [] }
+		]);
+		t.client.stop();
+		expect(t.client.sendPresets(presets)).toBe(false);
+	});
+
+	it("passes on the parameters the server changed from outside (OSC); a malformed one or an unknown status is ignored", () => {
+		t.client.connect();
+		accept(t);
+		t.sock.msg({ status: 'params', params: { strength: 0.7, prompt: 'from OSC' } });
+		t.sock.msg({ status: 'params', params: [0.7] });
+		t.sock.msg({ status: 'params', params: 'strength=0.7' });
+		t.sock.msg({ status: 'params' });
+		t.sock.msg({ status: 'dance', params: { strength: 0.1 } });
+		expect(t.events.filter((e) => e.type === 'server-params')).toEqual([{ type: 'server-params', params: { strength: 0.7, prompt: 'from OSC' } }]);
+		expect(t.types()).not.toContain('server-error');
+		expect(t.client.state).toBe('connected');
+	});
+
 	it('says new_source with the first frame of another input, and only then', async () => {
 		let source = 1;
 		t = setup({ sourceId: () => source });

@@ -6,11 +6,15 @@
  *                    however many other streams of the session are open)
  *                    {"status":"timeout","message"} | {"status":"error","message"}
  *                    {"status":"info","message"}: news beside the frames (this server's; not an error)
+ *                    {"status":"params","params"}: values changed from outside the page (OSC), now
+ *                    the session's (this server's)
  *   client → server  only in reply to send_frame: {"status":"next_frame"}, then the JSON of all
  *                    parameter values, then (image pipelines) one binary JPEG; an empty binary
  *                    message means "no frame yet". The first frame of another input (camera,
  *                    screen, file) says so: {"status":"next_frame","new_source":true}.
  *                    While the camera goes over WebRTC (webrtc.ts) the page holds its answers.
+ *                    At any other time (this server's): {"status":"presets","presets":[…]}, the
+ *                    page's presets, which OSC recalls by number.
  *
  * The socket is injected so the state machine can be unit-tested with a fake.
  */
@@ -53,6 +57,8 @@ export type ClientEvent =
 	| { type: 'server-error'; message: string }
 	/** News from the server that is no error (its temporal memory lowered, say). */
 	| { type: 'server-info'; message: string }
+	/** Parameter values the server changed from outside the page (OSC): the session's values now. */
+	| { type: 'server-params'; params: Record<string, unknown> }
 	| { type: 'ended'; reason: EndReason; message: string; code?: number };
 
 export interface LiveClientOptions {
@@ -147,14 +153,26 @@ export class LiveClient {
 	 * False when there is no open session to send it to.
 	 */
 	sendImagePrompt(jpeg: FrameData | null): boolean {
-		const ws = this.ws;
-		if (!ws || this.state !== 'connected' || ws.readyState !== WS_OPEN) return false;
+		const ws = this.openSocket();
+		if (!ws) return false;
 		if (jpeg === null) {
 			ws.send(JSON.stringify({ status: 'image_prompt', clear: true }));
 		} else {
 			ws.send(JSON.stringify({ status: 'image_prompt' }));
 			ws.send(jpeg);
 		}
+		return true;
+	}
+
+	/**
+	 * Send the page's presets (slot n is item n-1, at most 9), which the server recalls by number
+	 * (OSC `/live/preset <n>`); it answers only when it refuses them. False when there is no open
+	 * session to send them to.
+	 */
+	sendPresets(presets: { name: string; params: Record<string, unknown> }[]): boolean {
+		const ws = this.openSocket();
+		if (!ws) return false;
+		ws.send(JSON.stringify({ status: 'presets', presets }));
 		return true;
 	}
 
@@ -177,6 +195,12 @@ export class LiveClient {
 		return this.lastWs ? this.lastWs.readyState : null;
 	}
 
+	/** The socket of a session that is connected, or null. */
+	private openSocket(): SocketLike | null {
+		const ws = this.ws;
+		return ws && this.state === 'connected' && ws.readyState === WS_OPEN ? ws : null;
+	}
+
 	private setState(s: ClientState) {
 		if (this.state === s) return;
 		this.state = s;
@@ -186,7 +210,7 @@ export class LiveClient {
 	private onMessage(data: unknown) {
 		if (this.state === 'ended') return;
 		if (typeof data !== 'string') return; // the server sends no binary messages
-		let msg: { status?: unknown; message?: unknown; stream_token?: unknown };
+		let msg: { status?: unknown; message?: unknown; stream_token?: unknown; params?: unknown };
 		try {
 			msg = JSON.parse(data);
 		} catch {
@@ -226,6 +250,11 @@ export class LiveClient {
 			}
 			case 'info':
 				if (message) this.o.onEvent({ type: 'server-info', message });
+				break;
+			case 'params':
+				if (msg.params && typeof msg.params === 'object' && !Array.isArray(msg.params)) {
+					this.o.onEvent({ type: 'server-params', params: msg.params as Record<string, unknown> });
+				}
 				break;
 			default:
 				break;

@@ -3,6 +3,7 @@
 // (webrtc.ts); this module owns their lifecycle and tells the rest of the page what happened through
 // the hooks. Over MJPEG the parameters go with every frame, over WebRTC as they change.
 import { LiveClient, socketUrl, type ClientEvent, type EndReason, type SocketLike } from './protocol';
+import type { Preset } from './presets';
 import type { InputMode, ParamValues } from './schema';
 import { uuid } from './storage';
 import type { Transport } from './transport';
@@ -45,6 +46,10 @@ export interface SessionHooks {
 	onServerInfo?(message: string): void;
 	/** The image prompt to send when the session starts (IP-Adapter pipelines), or null. */
 	imagePrompt?(): Blob | null;
+	/** The presets to send when the session starts (OSC recalls them by number). */
+	presets?(): Preset[];
+	/** The server changed parameters from outside the page (OSC): they are the session's now. */
+	onServerParams?(params: Record<string, unknown>): void;
 	onEnded(reason: EndReason, message: string): void;
 }
 
@@ -139,6 +144,11 @@ export class LiveSession {
 		if (this.phase === 'live') this.#client?.sendImagePrompt(jpeg);
 	}
 
+	/** Send the presets to the live session (a later session sends the hook's). */
+	sendPresets(presets: Preset[]): void {
+		if (this.phase === 'live') this.#client?.sendPresets(presets);
+	}
+
 	/** The input switched: over WebRTC the server hears it now (over MJPEG with the next frame). */
 	sourceChanged(): void {
 		this.#link?.sendNewSource();
@@ -173,6 +183,8 @@ export class LiveSession {
 				this.streamToken = e.streamToken;
 				const prompt = this.#hooks.imagePrompt?.() ?? null;
 				if (prompt) c.sendImagePrompt(prompt);
+				const presets = this.#hooks.presets?.() ?? [];
+				if (presets.length) c.sendPresets(presets);
 				this.#hooks.onLive(this.userId, e.streamToken);
 				if (this.transport === 'webrtc') this.#startWebRtc(c);
 				break;
@@ -190,6 +202,9 @@ export class LiveSession {
 				break;
 			case 'server-info':
 				this.#hooks.onServerInfo?.(e.message);
+				break;
+			case 'server-params':
+				this.#hooks.onServerParams?.(e.params);
 				break;
 			case 'ended':
 				this.#end(e.reason, e.message);

@@ -61,7 +61,8 @@ function setup({
 	mode = 'image' as 'image' | 'text',
 	params = (): ParamValues => ({ prompt: 'a cat' }),
 	transport = 'mjpeg' as Transport,
-	track = fakeTrack as MediaStreamTrack | null
+	track = fakeTrack as MediaStreamTrack | null,
+	more = {} as Partial<SessionHooks>
 } = {}) {
 	const log: string[] = [];
 	const sockets: FakeSocket[] = [];
@@ -86,7 +87,8 @@ function setup({
 		onFallback: (reason) => log.push(`fallback: ${reason}`),
 		onInputSent: () => log.push('input sent'),
 		onServerError: (m) => log.push(`server error: ${m}`),
-		onEnded: (reason, message) => log.push(`ended ${reason}${message ? `: ${message}` : ''}`)
+		onEnded: (reason, message) => log.push(`ended ${reason}${message ? `: ${message}` : ''}`),
+		...more
 	};
 	const session = new LiveSession(hooks, {
 		page: { protocol: 'https:', host: 'studio.test:7860' },
@@ -184,6 +186,41 @@ describe('LiveSession', () => {
 		expect(t.session.framesSent).toBe(2);
 		expect(t.log.filter((l) => l === 'input sent')).toHaveLength(2);
 		expect(t.sockets[0].sent.filter((m) => typeof m !== 'string')).toHaveLength(0); // no images
+	});
+
+	it('sends the presets when the session starts (if any) and when they change while it is live', async () => {
+		const presets = [{ name: 'Soft', params: { prompt: 'a dog' } }];
+		const t = setup();
+		t.session.sendPresets(presets); // idle: nothing to send them to
+		void t.session.start();
+		t.ready(true);
+		await flush();
+		t.sockets[0].accept();
+		expect(t.sockets[0].sent).toEqual([]); // the setup's hooks have no presets
+		t.session.sendPresets(presets);
+		expect(t.sockets[0].sent).toEqual([JSON.stringify({ status: 'presets', presets })]);
+		t.session.stop();
+		t.session.sendPresets(presets);
+		expect(t.sockets[0].sent).toHaveLength(1);
+
+		const withPresets = setup({ more: { presets: () => presets } });
+		void withPresets.session.start();
+		withPresets.ready(true);
+		await flush();
+		withPresets.sockets[0].accept();
+		expect(withPresets.sockets[0].sent).toEqual([JSON.stringify({ status: 'presets', presets })]);
+	});
+
+	it('passes on the parameters the server changed from outside the page (OSC)', async () => {
+		const received: Record<string, unknown>[] = [];
+		const t = setup({ more: { onServerParams: (params) => received.push(params) } });
+		void t.session.start();
+		t.ready(true);
+		await flush();
+		t.sockets[0].accept();
+		t.sockets[0].msg({ status: 'params', params: { prompt: 'from OSC' } });
+		expect(received).toEqual([{ prompt: 'from OSC' }]);
+		expect(t.session.phase).toBe('live');
 	});
 
 	it('start while a session runs does nothing; toggle stops it', async () => {
