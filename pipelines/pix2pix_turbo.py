@@ -92,8 +92,8 @@ class Pipeline(BatchPipeline):
         apply_weights(unet, vae, tiny_weights(unet, vae) if config.tiny else read_weights(source), source)
         for model in (unet, vae):
             torch.nn.Module.to(model, dtype=dtype)  # the adapters' new layers, in the run dtype
-        optimize(self.pipe, config, device)
-        self.model = Pix2PixTurbo(unet, vae, DDPMScheduler.from_config(self.pipe.scheduler.config))
+        optimize(self.pipe, config, device)  # may compile the UNet: the model takes the pipeline's, after
+        self.model = Pix2PixTurbo(self.pipe.unet, self.pipe.vae, DDPMScheduler.from_config(self.pipe.scheduler.config))
         self.prompts = PromptCache(self.pipe, use_compel=config.compel)
 
     @torch.inference_mode()

@@ -209,6 +209,7 @@ def test_the_published_weights_download_once_and_offline_is_said(saved, tmp_path
         second = ours(model, url)
     finally:
         server.shutdown()
+        server.server_close()  # refused from now on, not left waiting on a listening socket
     assert len(requests) == 1
     assert (tmp_path / "hf" / "live-diffusion" / weights_file.name).read_bytes() == weights_file.read_bytes()
     params = first.InputParams(width=SIZE, height=SIZE)
