@@ -34,7 +34,7 @@ and recorded as such, with what it had measured, and a new child goes on with th
 After every section the JSON and the Markdown are written again, so an interrupted run keeps
 what it measured. Nothing here waits without a time limit.
 
-Estimated on an H100 (float16): start-up 15-30 s (imports, CUDA); model_path 60-110 s for the modules
+Estimated on an H100 (float16): start-up 15-30 s (imports, CUDA); model_path 70-130 s for the modules
 (building the random models, a few seconds each, SDXL's about 20; frames of 15-150 ms), and the set-ups
 in what is left of its 150 s (about 10 s each for SD 1.5, 25 for SDXL: the later SDXL ones are
 skipped for time, and said so); batching and temporal

@@ -24,7 +24,7 @@ from bench.gpu_check import CONTROL, caps, minimums
 from bench.model_path import CASES as MODEL_PATH_CASES
 from bench.model_path import PROMPT, Case, Clock, Recorder, build_components, build_ours, camera_frame, case_for
 
-# Full-size random builders per pipeline module: model_path's three, and the two it does not measure
+# Full-size random builders per pipeline module: model_path's four, and the two it does not measure
 # (the set-ups' cases come from bench/model_path.py's `case_for`).
 CASES = {
     **MODEL_PATH_CASES,
@@ -43,10 +43,10 @@ SETUPS = (
 )
 # The most used first, as far as the section's time goes (what it does not reach is listed as skipped):
 # the server's own modules that the other sections measure, then what runs in real time on one GPU (SD
-# 1.5 and SD-Turbo set-ups, SDXL-Turbo at 512), then SDXL at 768 and 1024, the dearest last.
+# 1.5 and SD-Turbo set-ups, pix2pix-turbo, SDXL-Turbo at 512), then SDXL at 768 and 1024, the dearest last.
 ORDER = (
     "img2img", "img2img_sd_turbo", "controlnet_canny", "controlnetLoraSD15", "controlnetDepthHyperSD",
-    "controlnetSDTurbo", "txt2img", "img2imgSDXLTurbo", "controlnetFlashSD", "controlnetPCMSD15",
+    "controlnetSDTurbo", "pix2pix_turbo", "txt2img", "img2imgSDXLTurbo", "controlnetFlashSD", "controlnetPCMSD15",
     "IPcompositionHyperSD15", "img2img_sdxl_lcm_lora", "controlnetDepthHyperSDXL", "img2imgSDXL-Lightning",
 )
 # Measured frames of a set-up: at most these (and the section's limits); --quick: its warm-up frame is its

@@ -1,9 +1,9 @@
 """Model-path benchmark: per-frame cost of the server's own predict path ("ours") against the sum of
 the model forwards that frame needs ("floor") and a stock diffusers pipeline ("naive"), with
-full-size architectures and random weights (bench/full_size.py: no download, no hub), for the three
-pipeline modules and every model set-up (pipelines/_setups.py).
+full-size architectures and random weights (bench/full_size.py: no download, no hub), for four of the
+pipeline modules (`PIPELINES`) and every model set-up (pipelines/_setups.py).
 
-    .venv/bin/python bench/model_path.py --dtype float32 --pipelines modules  # the modules: about 12 min on 2 cores
+    .venv/bin/python bench/model_path.py --dtype float32 --pipelines modules  # the modules: about 25 min on 2 cores
     .venv/bin/python bench/model_path.py --dtype float32 --pipelines controlnetHyperSD,txt2imgLora --sizes 256
     .venv/bin/python bench/model_path.py --device cuda                        # everything: every module and set-up
     .venv/bin/python bench/model_path.py --quick                              # miniature models, 1 frame, every case
@@ -11,22 +11,29 @@ pipeline modules and every model set-up (pipelines/_setups.py).
 The cases. `--pipelines` takes pipeline modules, set-up names, and the groups `modules`, `setups` and
 `all` (the default). The modules have hand-written cases (`img2img`: 4 steps at strength 0.5, i.e. 2
 UNet calls; `img2img_sd_turbo`: 1 step; `controlnet_canny`: 4 steps at strength 0.5, 2 ControlNet +
-UNet calls). A set-up's case is derived from its `SetUp` and its parameters' defaults (`setup_case`):
-the family's full-size models, its steps, strength, guidance and TCD eta, text to image or not, its
-ControlNets; the anchor's names that are another name of a module (`ANCHOR_MODULES`: `controlnet`,
-`img2imgSDTurbo`) are measured as that module. For each case and size, every measured frame runs, in
-this order, on the same camera-like input:
+UNet calls; `pix2pix_turbo`: SD-Turbo with the pix2pix-turbo adapters, its Scharr edge map through the
+full AutoencoderKL with the VAE skips, 1 UNet call at timestep 999, no strength). A set-up's case is
+derived from its `SetUp` and its parameters' defaults (`setup_case`): the family's full-size models,
+its steps, strength, guidance and TCD eta, text to image or not, its ControlNets; the anchor's names
+that are another name of a module (`ANCHOR_MODULES`: `controlnet`, `img2imgSDTurbo`, `pix2pixTurbo`)
+are measured as that module. For each case and size, every measured frame runs, in this order, on the
+same camera-like input:
 
 - ours: `Pipeline.predict(params, image)` of the real pipeline module or set-up, unchanged: crop,
   image to tensor, cached prompt embeddings, the annotators, the shared `denoise` loop with TAESD,
   tensor to PIL image. It is what the server's worker calls (the worker's JPEG encode is measured by
   bench/serving_path.py). Its annotators (the set-up's `annotate`: OpenCV Canny, the depth model,
-  line art, the frame itself for QR; the canny module's `canny`) are timed inside that call and
-  shown as a column of their own, "annotators": the "ours" column is the call less them.
+  line art, the frame itself for QR; the canny module's `canny`; pix2pix-turbo's `scharr_edges`) are
+  timed inside that call and shown as a column of their own, "annotators": the "ours" column is the
+  call less them. pix2pix-turbo's path is its own (`pipelines._pix2pix.Pix2PixTurbo`): the full VAE
+  with the skips, no TAESD, no `denoise` loop.
 - floor: each model forward that frame of ours made (TAESD encoder, every UNet and ControlNet
   call, TAESD decoder), recorded with forward pre-hooks during ours and replayed one at a time on
   the very same inputs and modules (same dtype, memory format, compilation), timed separately and
   summed. ours/floor is the cost of everything around the models (the annotators are not in either).
+  pix2pix-turbo runs its AutoencoderKL's encoder and decoder block by block (to carry the skips), so
+  there the forwards recorded are those of their blocks, convolutions and norms and of the skips'
+  convolutions (`vae_parts`), with the UNet's.
 - naive: the common approach: the stock diffusers pipeline class for the case, called per frame with
   the prompt string (the text encoders run every frame) and the full AutoencoderKL (SDXS: its own
   small autoencoder, as diffusers would load it), the same scheduler class and config, steps, strength,
@@ -40,6 +47,14 @@ this order, on the same camera-like input:
   UNet calls as ours (the table shows both counts): where ours runs one step at a strength diffusers
   refuses for one step (SD-Turbo's 1 step at 0.5), the stock pipeline gets the fewest steps that give
   the same calls (`pipelines._denoise.img2img_steps`: 2 steps at 0.5), as SD-Turbo's model card does.
+  pix2pix-turbo has no stock diffusers pipeline: its naive (`StockPix2PixTurbo`) is the paper's own
+  code's way, as the anchor's pix2pixTurbo runs it, on stock diffusers modules: the same adapters
+  added with peft and left unfused (`unet.add_adapter`, `vae.add_adapter(..., adapter_name="vae_skip")`,
+  their tensors copied into the state dicts), the text encoder on the prompt string every frame,
+  `vae.encode(...).latent_dist.sample()`, the UNet at t=999, `DDPMScheduler.step` (timesteps [999]),
+  and `vae.decode` with each skip added before its decoder block by a forward pre-hook (the encoder
+  blocks' inputs kept by forward pre-hooks). It gets ours' edge map for the frame; deterministic (r = 1,
+  the module's default), as ours.
 
 How ours gets full-size models. With `tiny=True` a pipeline module or set-up builds its components by
 calling the builders of `pipelines._tiny` (`tiny_sd15`, `tiny_sd21`, `tiny_sdxl`, `tiny_controlnet`,
@@ -52,11 +67,14 @@ constructor call, so the pipeline's own `__init__` runs unchanged on full-size m
 channels_last, torch.compile), the annotators and `PromptCache`, and `predict` is the real one.
 SDXL-Lightning's UNet is, with `tiny=True`, a re-seeded UNet of the base's config: at full size one
 more full-size UNet is built (and its weights copied in), which costs building time, not frame time.
+pix2pix-turbo's adapters are, with `tiny=True`, `pipelines._pix2pix.tiny_weights` of the UNet and VAE
+it was given: at full size they are full-size random adapters (rank 4, its list of target modules),
+made on a deep copy of the full-size UNet and VAE (building time and memory, not frame time).
 Nothing in server/ or pipelines/ is re-implemented here, so the benchmark follows the code as it
 changes; re-running those setup steps by hand on a tiny pipeline would copy them and drift. After
-construction the script checks that the pipeline really holds the full-size modules (UNet, TAESD,
-each ControlNet, the depth model) and stops with a message if it no longer builds its miniature
-models through those names.
+construction the script checks that the pipeline really holds the full-size modules (UNet, TAESD or
+pix2pix-turbo's full VAE, each ControlNet, the depth model) and stops with a message if it no longer
+builds its miniature models through those names.
 
 Sizes. A case that does not take a size (SDXL set-ups take 512 and up) runs at its smallest size
 instead, once. Memory: on the CPU, a case whose models (ours and naive each hold a UNet, its
@@ -71,14 +89,17 @@ frames (`--quick`: none, its figures are not judged); the table gives the median
 those frames, and the ratios are taken frame by frame. The prompt is 75 characters or fewer, so with
 the byte-level stand-in tokenizer the text embeddings are 77 tokens, as with the real CLIP tokenizer.
 
-Run time on the project's 2-core CPU machine, default 3 frames + 1 warm-up, the three modules at 512
-and 256 (estimated from the component costs in shared/ENVIRONMENT.md and a partial run): about
+Run time on the project's 2-core CPU machine, default 3 frames + 1 warm-up, the first three modules at
+512 and 256 (estimated from the component costs in shared/ENVIRONMENT.md and a partial run): about
 12 min in float32 and about 7 min in bfloat16 (`--dtype auto` there), of which about 2 min builds the
-random models; a frame more adds about 2 min (float32). An SD 1.5 set-up with one ControlNet at 256,
-2 frames: about 2 min in float32 on one thread (35 s of it building), the IP-Adapter one about 5.
+random models; a frame more adds about 2 min (float32). pix2pix_turbo about as much again (its full
+VAE: on one thread of a busy machine, 10 min at 256 with 5 frames, 18 min at 512 with 2). An SD 1.5
+set-up with one ControlNet at 256, 2 frames: about 2 min in float32 on one thread (35 s of it
+building), the IP-Adapter one about 5.
 `--pipelines img2img --sizes 256 --frames 1` takes about 1.5 min; `--quick` (every case, miniature
-models) about 1.5 min, `--quick --pipelines modules` about 10 s. Peak memory about 12 GB (float32,
-SD 1.5 with a ControlNet: ours and naive each hold a UNet and a ControlNet; the IP-Adapter set-up 14).
+models) about 1.5 min, `--quick --pipelines modules` about 12 s. Peak memory about 12 GB (float32,
+SD 1.5 with a ControlNet: ours and naive each hold a UNet and a ControlNet; the IP-Adapter set-up 14,
+pix2pix_turbo 14 while it builds).
 """
 
 from __future__ import annotations
@@ -103,7 +124,7 @@ import numpy as np  # noqa: E402
 
 from bench import report  # noqa: E402
 
-PIPELINES = ("img2img", "img2img_sd_turbo", "controlnet_canny")  # the pipeline modules with full-size builders
+PIPELINES = ("img2img", "img2img_sd_turbo", "controlnet_canny", "pix2pix_turbo")  # the modules with full-size builders
 GROUPS = ("all", "modules", "setups")
 SIZES = (512, 256)
 DEFAULT_FRAMES = 3
@@ -123,11 +144,15 @@ class Case:
     name: str
     family: str  # "sd15" (LCM Dreamshaper v7 for the modules), "sd21" (sd-turbo) or "sdxl" (SDXL base)
     steps: int
-    strength: float  # 1.0 for text to image
+    strength: float  # 1.0 for text to image and pix2pix-turbo (neither takes one)
     naive_steps: int  # num_inference_steps giving the stock pipeline the same number of UNet calls
     controlnet: bool = False  # the canny module's ControlNet (a set-up's are in set_up.controlnets)
+    annotator: str | None = None  # a module's module-level annotator function, timed apart ("canny")
     set_up: Any = None  # a model set-up's SetUp (pipelines/_setups.py); None: a pipeline module
     lcm: bool = True  # an SD 1.5 UNet with the LCM guidance embedding (LCM Dreamshaper v7)
+    # pix2pix-turbo: its edge map through the full VAE with skips, one UNet call at t=999; no steps,
+    # strength or guidance to set, and no stock diffusers pipeline (its naive is StockPix2PixTurbo)
+    pix2pix: bool = False
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -156,7 +181,10 @@ class Case:
 CASES = {
     "img2img": Case("img2img", "sd15", steps=4, strength=0.5, naive_steps=4),
     "img2img_sd_turbo": Case("img2img_sd_turbo", "sd21", steps=1, strength=0.5, naive_steps=2),
-    "controlnet_canny": Case("controlnet_canny", "sd15", steps=4, strength=0.5, naive_steps=4, controlnet=True),
+    "controlnet_canny": Case("controlnet_canny", "sd15", steps=4, strength=0.5, naive_steps=4, controlnet=True,
+                             annotator="canny"),
+    "pix2pix_turbo": Case("pix2pix_turbo", "sd21", steps=1, strength=1.0, naive_steps=1, annotator="scharr_edges",
+                          pix2pix=True),
 }
 
 
@@ -350,7 +378,8 @@ def controlnet_nets(pipe: Any) -> list[Any]:
 def check_full_size(case: Case, pipeline: Any, components: dict[str, Any]) -> None:
     """Stop with a message unless `pipeline` holds the full-size modules of `components`."""
     pipe = pipeline.pipe
-    expected = [("unet", pipe.unet, components["unet"]), ("vae", pipe.vae, components["taesd"])]
+    vae = components["vae"] if case.pix2pix else components["taesd"]  # pix2pix-turbo keeps the full VAE (its skips)
+    expected = [("unet", pipe.unet, components["unet"]), ("vae", pipe.vae, vae)]
     nets = controlnet_nets(pipe) + [None] * (len(case.kinds) - len(controlnet_nets(pipe)))
     expected += [(f"{kind} ControlNet", net, full)
                  for kind, net, full in zip(case.kinds, nets, components["controlnets"])]
@@ -375,7 +404,8 @@ def host_memory_shortfall(case: Case, dtype: Any) -> str | None:
     """On the CPU, why the case's full-size models would not fit in the memory available now (None when
     they would): ours and naive each hold the weights in the run dtype, built in float32 first, and
     SDXL-Lightning's re-seeded UNet is one more float32 UNet while ours is built. The parameters are
-    counted on the meta device (no memory, no time)."""
+    counted on the meta device (no memory, no time). pix2pix-turbo's `tiny_weights` deep-copies the UNet and
+    the VAE while ours is built, and again while naive is."""
     import torch
 
     from pipelines._setups import ACCELERATORS
@@ -392,6 +422,8 @@ def host_memory_shortfall(case: Case, dtype: Any) -> str | None:
     needed = parameters * (element + 4) + MEMORY_MARGIN_BYTES
     if case.set_up is not None and case.family in ACCELERATORS[case.set_up.accelerator].unets:  # Lightning
         needed += sum(p.numel() for p in components["unet"].parameters()) * 4
+    if case.pix2pix:
+        needed += sum(p.numel() for model in (components["unet"], components["vae"]) for p in model.parameters()) * 4
     if needed <= available:
         return None
     return (f"needs about {needed / 2**30:.0f} GB of memory ({parameters / 1e9:.2f}B parameters, ours and naive, "
@@ -424,6 +456,8 @@ def build_naive(case: Case, components: dict[str, Any], scheduler: Any, device: 
     import torch
     from diffusers import MultiControlNetModel
 
+    if case.pix2pix:
+        return StockPix2PixTurbo(components, scheduler, device, dtype)
     cls = naive_class(case)
     names = ("unet", "vae", "text_encoder", "text_encoder_2", "image_encoder")
     models = {name: torch.nn.Module.to(components[name], dtype=dtype) for name in names if name in components}
@@ -451,6 +485,75 @@ def build_naive(case: Case, components: dict[str, Any], scheduler: Any, device: 
     naive.to(device)
     naive.set_progress_bar_config(disable=True)
     return naive
+
+
+class StockPix2PixTurbo:
+    """pix2pix-turbo the way its paper's code runs it (and the anchor's pix2pixTurbo, which calls that code),
+    on stock diffusers modules: the adapters added with peft and left unfused, their tensors copied into
+    the state dicts; per frame the text encoder on the prompt string, `vae.encode`, one UNet call at t=999,
+    `DDPMScheduler.step`, and `vae.decode` with the skips, which forward pre-hooks keep (the input of each
+    encoder block) and add (before each decoder block). Deterministic: r = 1, the module's default."""
+
+    def __init__(self, components: dict[str, Any], scheduler: Any, device: Any, dtype: Any) -> None:
+        import torch
+        from peft import LoraConfig
+
+        from pipelines._pix2pix import TIMESTEP, tiny_weights
+
+        unet, vae = components["unet"], components["vae"]
+        # The weights ours was given: `tiny_weights` of same-shaped models, in the published layout.
+        weights = tiny_weights(unet, vae)
+        # The paper's skip convolutions, for SD's VAE (blocks 128, 256, 512, 512 wide): 512->512, 256->512,
+        # 128->512, 128->256, from the input of encoder block 3, 2, 1, 0 to that of decoder block 0, 1, 2, 3.
+        c = vae.config.block_out_channels
+        for i, (inputs, outputs) in enumerate([(c[2], c[3]), (c[1], c[3]), (c[0], c[2]), (c[0], c[1])]):
+            setattr(vae.decoder, f"skip_conv_{i + 1}", torch.nn.Conv2d(inputs, outputs, kernel_size=1, bias=False))
+        unet.add_adapter(LoraConfig(r=weights["rank_unet"], init_lora_weights="gaussian",
+                                    target_modules=weights["unet_lora_target_modules"]))
+        vae.add_adapter(LoraConfig(r=weights["rank_vae"], init_lora_weights="gaussian",
+                                   target_modules=weights["vae_lora_target_modules"]), adapter_name="vae_skip")
+        for model, state in ((unet, weights["state_dict_unet"]), (vae, weights["state_dict_vae"])):
+            full = model.state_dict()
+            full.update(state)
+            model.load_state_dict(full)
+        self.unet, self.vae, self.text_encoder = (torch.nn.Module.to(model, device=device, dtype=dtype)
+                                                  for model in (unet, vae, components["text_encoder"]))
+        self.tokenizer = components["tokenizer"]
+        self.scheduler = type(scheduler).from_config(scheduler.config)  # DDPMScheduler, as ours'
+        self.scheduler.set_timesteps(timesteps=[TIMESTEP], device=device)  # one step, from 999 to the clean image
+        self.timestep = TIMESTEP
+        self.device, self.dtype = device, dtype
+        self.skips: list[Any] = []
+        for block in vae.encoder.down_blocks:
+            block.register_forward_pre_hook(self._keep_skip)
+        for i, block in enumerate(vae.decoder.up_blocks):
+            block.register_forward_pre_hook(lambda module, args, i=i: self._add_skip(i, args))
+
+    def _keep_skip(self, module: Any, args: tuple) -> None:
+        self.skips.append(args[0])
+
+    def _add_skip(self, i: int, args: tuple) -> tuple:
+        skip_conv = getattr(self.vae.decoder, f"skip_conv_{i + 1}")
+        return (args[0] + skip_conv(self.skips[-1 - i]), *args[1:])
+
+    def __call__(self, edges: Any, prompt: str, seed: int) -> Any:
+        """The image (PIL) for an edge map (1, 3, H, W) in [0, 1]."""
+        import torch
+        from PIL import Image
+
+        with torch.no_grad():  # as diffusers' pipelines and the paper's inference scripts run
+            ids = self.tokenizer(prompt, max_length=self.tokenizer.model_max_length, padding="max_length",
+                                 truncation=True, return_tensors="pt").input_ids.to(self.device)
+            embeds = self.text_encoder(ids)[0]
+            generator = torch.Generator(self.device).manual_seed(seed)
+            self.skips.clear()
+            posterior = self.vae.encode(edges.to(self.dtype)).latent_dist
+            latents = posterior.sample(generator) * self.vae.config.scaling_factor
+            prediction = self.unet(latents, self.timestep, encoder_hidden_states=embeds).sample
+            clean = self.scheduler.step(prediction, self.timestep, latents, generator=generator).prev_sample
+            image = self.vae.decode(clean / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        pixels = image[0].float().add(1).mul(127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(pixels)
 
 
 # --- one frame --------------------------------------------------------------------------------------
@@ -551,9 +654,13 @@ class Recorder:
         return sum(1 for call in self.calls if call[0] == role)
 
 
-def model_modules(pipe: Any) -> dict[str, Any]:
+def model_modules(case: Case, pipe: Any) -> dict[str, Any]:
     """The modules whose forwards make the floor: TAESD encoder and decoder, UNet, each ControlNet, and an
-    IP-Adapter's image encoder (each camera frame is its own image prompt)."""
+    IP-Adapter's image encoder (each camera frame is its own image prompt); pix2pix-turbo: its full VAE's
+    encoder and decoder part by part (`vae_parts`), and the UNet."""
+    if case.pix2pix:
+        encoder, decoder = vae_parts(pipe.vae)
+        return {"encoder": encoder, "unet": pipe.unet, "decoder": decoder}
     return {
         "image_encoder": getattr(pipe, "image_encoder", None),
         "encoder": getattr(pipe.vae, "encoder", None),
@@ -561,6 +668,22 @@ def model_modules(pipe: Any) -> dict[str, Any]:
         "unet": pipe.unet,
         "decoder": getattr(pipe.vae, "decoder", None),
     }
+
+
+def vae_parts(vae: Any) -> tuple[list[Any], list[Any]]:
+    """The encoder's and the decoder's parts, for a VAE run block by block, as pix2pix-turbo runs it to
+    carry its skips (`pipelines._pix2pix.encode_with_skips`, `decode_with_skips`), so the encoder's and
+    the decoder's own forwards are never called: each one's children (its blocks one by one, the skips'
+    convolutions among the decoder's) with quant_conv and post_quant_conv."""
+    import torch
+
+    def children(module: Any) -> list[Any]:
+        return [block for child in module.children()
+                for block in (child if isinstance(child, torch.nn.ModuleList) else [child])]
+
+    encoder = [*children(vae.encoder), vae.quant_conv]
+    decoder = [vae.post_quant_conv, *children(vae.decoder)]
+    return [m for m in encoder if m is not None], [m for m in decoder if m is not None]
 
 
 def replay(calls: list[tuple[str, Any, tuple, dict]], clock: Clock) -> list[tuple[str, float]]:
@@ -593,10 +716,11 @@ class Annotations:
 @contextlib.contextmanager
 def annotators_timed(case: Case, ours: Any, clock: Clock) -> Iterator[Annotations]:
     """Times ours' annotators inside its predict and keeps what they made (for naive): a set-up's
-    `annotate(kind, frames, pixels, params)`, wrapped on the instance; the canny module's module-level
-    `canny(image, low, high)`, wrapped in its module for the block."""
+    `annotate(kind, frames, pixels, params)`, wrapped on the instance; a module's module-level annotator
+    (the canny module's `canny(image, low, high)`, pix2pix-turbo's `scharr_edges(images, low, high)`),
+    wrapped in its module for the block, kept under its name."""
     annotations = Annotations()
-    if not case.kinds:
+    if not case.kinds and not case.annotator:
         yield annotations
         return
     if case.set_up is not None:
@@ -614,23 +738,25 @@ def annotators_timed(case: Case, ours: Any, clock: Clock) -> Iterator[Annotation
             del ours.annotate  # the class's method again
         return
     module = sys.modules[type(ours).__module__]
-    canny = module.canny
+    annotator = getattr(module, case.annotator)
 
-    def timed_canny(*args: Any) -> Any:
-        edges, seconds = clock(lambda: canny(*args))
-        annotations.add("canny", edges, seconds)
-        return edges
+    def timed_annotator(*args: Any) -> Any:
+        image, seconds = clock(lambda: annotator(*args))
+        annotations.add(case.annotator, image, seconds)
+        return image
 
-    module.canny = timed_canny
+    setattr(module, case.annotator, timed_annotator)
     try:
         yield annotations
     finally:
-        module.canny = canny
+        setattr(module, case.annotator, annotator)
 
 
 def case_params(ours: Any, case: Case, size: int) -> Any:
     """The frame's parameters: the case's steps and strength (a set-up's are its defaults), the short
-    prompt, the size; everything else the pipeline's defaults."""
+    prompt, the size; everything else the pipeline's defaults (pix2pix-turbo: deterministic)."""
+    if case.pix2pix:  # no steps or strength: one UNet call at t=999
+        return ours.InputParams(prompt=PROMPT, width=size, height=size)
     values: dict[str, Any] = {"prompt": PROMPT, "steps": case.steps, "width": size, "height": size}
     if not case.text_to_image:
         values["strength"] = case.strength
@@ -649,6 +775,8 @@ def naive_frame(naive: Any, case: Case, params: Any, frame: Any, device: Any, an
     import torch
     from PIL import Image
 
+    if case.pix2pix:  # ours' edge map for the frame, as ControlNets get ours' control images
+        return naive(annotations.images[case.annotator], PROMPT, params.seed)
     kwargs: dict[str, Any] = {
         "prompt": PROMPT,
         "negative_prompt": params.negative_prompt,
@@ -685,7 +813,7 @@ def run_case(case: Case, size: int, ours: Any, naive: Any, frames: int, clock: C
     params = case_params(ours, case, size)
     if case.ip_adapter:
         naive.set_ip_adapter_scale(params.ip_adapter_scale)  # once, as ours sets it when it changes
-    modules = model_modules(ours.pipe)
+    modules = model_modules(case, ours.pipe)
     required = ("unet", "decoder") if case.text_to_image else ("encoder", "unet", "decoder")
     result: dict[str, Any] = {"pipeline": case.name, "size": size, "frames": []}
     for index in range(-1 if warmup else 0, frames):  # -1: the warm-up frame, not counted
@@ -718,7 +846,7 @@ def run_case(case: Case, size: int, ours: Any, naive: Any, frames: int, clock: C
             "latents_finite": finite,
         }
         label = "warm-up" if index < 0 else f"frame {index + 1}/{frames}"
-        annotated = f" (+ annotators {annotations.total:.3f} s)" if case.kinds else ""
+        annotated = f" (+ annotators {annotations.total:.3f} s)" if annotations.seconds else ""
         report.progress(
             f"  {case.name} {size}x{size} {label}: ours {ours_s:.3f} s{annotated}, floor {floor_s:.3f} s, "
             f"naive {naive_s:.3f} s" + ("" if finite else "  (warning: non-finite latents)")
@@ -761,8 +889,8 @@ def describe_case(case: Case, ours: Any, naive: Any) -> dict[str, Any]:
                                                                       + ": the pipeline module")
     return {
         "pipeline": case.name, "what": what, "family": case.family, "scheduler": type(ours.pipe.scheduler).__name__,
-        "steps": case.steps, "strength": None if case.text_to_image else case.strength,
-        "guidance_scale": params.guidance_scale, "eta": getattr(params, "eta", None),
+        "steps": case.steps, "strength": None if case.text_to_image or case.pix2pix else case.strength,
+        "guidance_scale": getattr(params, "guidance_scale", None), "eta": getattr(params, "eta", None),
         "controlnets": list(case.kinds), "text_to_image": case.text_to_image,
         "naive": type(naive).__name__, "naive_steps": case.naive_steps,
     }
@@ -798,10 +926,11 @@ def cases_table(cases: list[dict[str, Any]]) -> str:
     rows = []
     for c in cases:
         controls = ", ".join(f"{kind} ({_ANNOTATOR_NAMES.get(kind, kind)})" for kind in c["controlnets"]) or "-"
-        steps = f"{c['steps']}" if c["text_to_image"] else f"{c['steps']} at {c['strength']:g}"
+        steps = f"{c['steps']}" if c["strength"] is None else f"{c['steps']} at {c['strength']:g}"
         eta = "" if c["eta"] is None else f", eta {c['eta']:g}"
+        guidance = "-" if c["guidance_scale"] is None else f"{c['guidance_scale']:g}{eta}"
         rows.append([c["pipeline"], c["what"], c["scheduler"].removesuffix("Scheduler"), steps,
-                     f"{c['guidance_scale']:g}{eta}", controls, f"{c['naive']} ({c['naive_steps']} steps)"])
+                     guidance, controls, f"{c['naive']} ({c['naive_steps']} steps)"])
     headers = ["pipeline", "models", "scheduler", "steps", "guidance", "ControlNets (annotator)", "naive"]
     return report.table(headers, rows, "lllrlll")
 
@@ -825,10 +954,11 @@ def parts_table(results: list[dict[str, Any]]) -> str:
             f"{cell('controlnet')} ({r['controlnet_calls']})" if r["controlnet_calls"] else "-",
             cell("decoder"), f"{r['floor']['median']:.3f}", f"{r['overhead']['median']:.3f}", annotators,
         ])
-    headers = ["pipeline", "size", "image encoder (IP-Adapter)", "TAESD encoder", "UNet (calls)", "ControlNet (calls)",
-               "TAESD decoder", "floor", "ours - floor", "annotators (not in either)"]
+    headers = ["pipeline", "size", "image encoder (IP-Adapter)", "VAE encoder", "UNet (calls)", "ControlNet (calls)",
+               "VAE decoder", "floor", "ours - floor", "annotators (not in either)"]
     return table_note(report.table(headers, rows, "llrrrrrrrl"),
-                      "seconds per frame, medians; each part is the sum of that model's calls in one frame")
+                      "seconds per frame, medians; each part is the sum of that model's calls in one frame; the VAE "
+                      "is TAESD, pix2pix_turbo's the full AutoencoderKL (its decoder with the skips' convolutions)")
 
 
 def table_note(text: str, note: str) -> str:
@@ -998,9 +1128,11 @@ def main(argv: list[str] | None = None) -> int:
 
     description = (
         "ours: the pipeline's own predict() less its annotators; floor: the sum of the model forwards that frame made "
-        "(TAESD encoder, each UNet / ControlNet call, TAESD decoder), replayed one by one on the same inputs; naive: "
-        "the stock diffusers pipeline of the case per frame with the prompt string and the full AutoencoderKL, given "
-        "ours' control images; annotators: the time ours spent making them (Canny, depth model, line art)"
+        "(TAESD encoder, each UNet / ControlNet call, TAESD decoder; pix2pix_turbo: the full VAE's), replayed one by "
+        "one on the same inputs; naive: the stock diffusers pipeline of the case (pix2pix_turbo: the paper's code's "
+        "way on stock diffusers modules, adapters unfused) per frame with the prompt string and the full "
+        "AutoencoderKL, given ours' control images (pix2pix_turbo: its edge map); annotators: the time ours spent "
+        "making them (Canny, depth model, line art, Scharr edges)"
     )
     report.print_figure("Model path: seconds per frame", env, settings, f"{description}\n\n{results_table(results)}")
     report.print_figure("Model path: where the floor goes", env, settings, parts_table(results))

@@ -58,7 +58,7 @@ def test_gpu_check_quick(tmp_path: Path) -> None:
         assert positive(result["fps"]) and positive(result["seconds"]["median"]) and result["unet_calls"] >= 1, result
         assert result["fps"] == pytest.approx(1 / result["seconds"]["median"])
     calls = {r["pipeline"]: r["unet_calls"] for r in model_path}
-    assert calls["img2img_sd_turbo"] == 1
+    assert calls["img2img_sd_turbo"] == 1 and calls["pix2pix_turbo"] == 1
     for name in gpu_check_sections.SETUPS:  # a UNet call a step run: int(steps * strength), at least one
         params = pipelines.load_module(name).InputParams()
         assert calls[name] == img2img_step_count(params.steps, params.strength), name
