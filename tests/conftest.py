@@ -31,7 +31,8 @@ def img2img_server():
 SLOW_FIRST = (
     "test_gpu_check.py", "test_bench.py", "test_soak.py", "test_temporal.py", "test_bench_temporal.py",
     "test_loading.py", "test_scale_out.py", "test_pipelines.py", "test_setup_streams.py", "test_setup_equivalence.py",
-    "test_residual_guidance.py", "test_setups.py",
+    "test_residual_guidance.py", "test_setups.py", "test_glass_to_glass.py", "test_webrtc.py", "test_pix2pix.py",
+    "test_osc.py", "test_headless.py",
 )
 
 
