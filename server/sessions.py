@@ -327,9 +327,21 @@ class SessionManager:
                 }
                 log.debug("session %s: params changed: %s", session.short_id, _short(changed))
             session.params = frame.params
+        if self._fill_slot(session, frame):
+            self.send(session, {"status": "wait"})
+
+    def video_frame(self, session: Session, frame: Frame) -> None:
+        """A camera frame from the session's WebRTC track (or NDI input): it takes the slot (latest
+        wins), without the websocket's ping-pong (the track sends at the camera's rate)."""
+        session.last_activity_at = time.monotonic()
+        self._fill_slot(session, frame)
+
+    def _fill_slot(self, session: Session, frame: Frame) -> bool:
+        """The frame takes the session's slot, replacing a frame the worker has not taken; False if the
+        session has ended."""
         with self._cond:
             if session.closed:
-                return
+                return False
             session.stats.frames_in += 1
             self.metrics.frames_in_by_source["live"].inc()
             if session.pending is not None or not session.streaming:
@@ -341,22 +353,7 @@ class SessionManager:
             # asks the client for a fresh one.
             session.pending = frame if session.streaming else None
             self._cond.notify_all()
-        self.send(session, {"status": "wait"})
-
-    def video_frame(self, session: Session, frame: Frame) -> None:
-        """A camera frame from the session's WebRTC track: it takes the slot (latest wins), without the
-        websocket's ping-pong (the track sends at the camera's rate)."""
-        session.last_activity_at = time.monotonic()
-        with self._cond:
-            if session.closed:
-                return
-            session.stats.frames_in += 1
-            self.metrics.frames_in_by_source["live"].inc()
-            if session.pending is not None or not session.streaming:
-                session.stats.frames_dropped += 1
-                self.metrics.input_frames_dropped.inc()
-            session.pending = frame if session.streaming else None
-            self._cond.notify_all()
+        return True
 
     def image_prompt_set(self, session: Session, jpeg: bytes | None) -> None:
         """The client's image prompt (checked already), or None: the camera frame is the image prompt."""
