@@ -59,10 +59,10 @@ from pipelines._loading import (
     SD_BETAS,
     build_pipeline,
     cast,
-    ensure_hub_model,
     hub_parts,
     is_local,
     load_model,
+    model_file,
 )
 from pipelines._lora import fuse_lora
 from pipelines._pipeline import DiffusersPipeline
@@ -403,16 +403,10 @@ def load_unet_weights(unet: Any, source: str, dtype: torch.dtype) -> None:
     path = Path(source).expanduser()
     if path.is_dir():
         state = UNet2DConditionModel.from_pretrained(str(path), dtype=dtype).state_dict()
-    elif path.is_file():
-        state = load_file(str(path))
-    elif is_local(source):
+    elif is_local(source) and not path.exists():
         raise ModelUnavailable(f"UNet {source!r}: no such file or folder")
     else:
-        from huggingface_hub import hf_hub_download
-
-        repo, inner = hub_parts(source)
-        ensure_hub_model(repo)
-        state = load_file(hf_hub_download(repo, inner))
+        state = load_file(str(model_file(source, "UNet")))
     try:
         unet.load_state_dict({key: value.to(dtype) for key, value in state.items()})
     except RuntimeError as error:

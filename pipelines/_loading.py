@@ -102,6 +102,20 @@ def is_local(source: str) -> bool:
     """A path rather than a hub id: it exists, or it is spelled as a path."""
     return Path(source).expanduser().exists() or source.startswith((".", "/", "~"))
 
+def model_file(source: str, what: str) -> Path:
+    """A file named as the set-ups name them: a local path, or a file in a hub repository
+    ("owner/repo/path/in/repo"), fetched into the hub cache. ModelUnavailable where there is none."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path
+    repo, inner = hub_parts(source)
+    if is_local(source) or not inner:
+        raise ModelUnavailable(f"{what} {source!r}: no such file (expected a file, or owner/repo/file in the hub)")
+    from huggingface_hub import hf_hub_download
+
+    ensure_hub_model(repo)
+    return Path(hf_hub_download(repo, inner))
+
 def load_model(cls: Any, model_id: str, dtype: torch.dtype, **kwargs: Any) -> Any:
     """Load one model (an autoencoder, a ControlNet) from a hub id (with a subfolder after its second
     slash: "monster-labs/control_v1p_sd15_qrcode_monster/v2") or a local folder."""

@@ -37,7 +37,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from pipelines._base import ModelMismatch, ModelUnavailable
 from pipelines._denoise import placement
-from pipelines._loading import ensure_hub_model, hub_parts, is_local
+from pipelines._loading import model_file
 
 log = logging.getLogger(__name__)
 
@@ -63,19 +63,7 @@ def read_weights(source: str) -> dict[str, Any]:
     """The published weights' dict from a local file, an http(s) URL (downloaded once into the Hugging
     Face cache folder) or a file in a hub repository ("owner/repo/path.pkl"). Loaded with
     `weights_only`: a file that holds anything but tensors, numbers, text and lists is refused."""
-    path = Path(source).expanduser()
-    if source.startswith(("https://", "http://")):
-        path = _download(source)
-    elif path.is_file():
-        pass
-    elif is_local(source) or not hub_parts(source)[1]:
-        raise ModelUnavailable(f"--pix2pix-weights {source!r}: no such file (expected a file, a URL or owner/repo/file)")
-    else:
-        from huggingface_hub import hf_hub_download
-
-        repo, inner = hub_parts(source)
-        ensure_hub_model(repo)
-        path = Path(hf_hub_download(repo, inner))
+    path = _download(source) if source.startswith(("https://", "http://")) else model_file(source, "--pix2pix-weights")
     try:
         weights = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:  # not a torch file, or one holding objects
